@@ -1,0 +1,150 @@
+"""The `crm-mcp` command. CLI flags override CRM_* environment variables."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+import anyio
+
+from . import __version__
+from .config import ConfigError, Settings, load_settings
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--database-url", help="external PostgreSQL URL (env CRM_DATABASE_URL); default: embedded server")
+    p.add_argument("--data-dir", help="embedded database directory (env CRM_DATA_DIR)")
+    p.add_argument("--default-region", help="region for phone numbers without country code, e.g. US (env CRM_DEFAULT_REGION)")
+    p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="env CRM_LOG_LEVEL")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="crm-mcp",
+        description="crm-mcp: a support CRM as an MCP server (PostgreSQL + pgvector).",
+    )
+    parser.add_argument("--version", action="version", version=f"crm-mcp {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the MCP server (stdio by default, --http for Streamable HTTP)")
+    _common(serve)
+    serve.add_argument("--http", action="store_true", help="serve Streamable HTTP at http://HOST:PORT/mcp")
+    serve.add_argument("--host", help="HTTP bind address (loopback only; default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="HTTP port (default 8000)")
+    serve.add_argument("--demo", action="store_true", help="load the demo data set before serving")
+    serve.add_argument("--read-only", action="store_true", default=None, help="expose only tools that do not write")
+    serve.add_argument("--toolsets", help="comma-separated toolsets to expose (default all)")
+
+    mig = sub.add_parser("migrate", help="apply pending database migrations")
+    _common(mig)
+
+    seed = sub.add_parser("seed-demo", help="load the demo data set (customers, conversations, tickets, knowledge base)")
+    _common(seed)
+
+    db = sub.add_parser("db", help="database utilities")
+    dbsub = db.add_subparsers(dest="db_command", required=True)
+    st = dbsub.add_parser("status", help="where the data is, schema versions and row counts")
+    _common(st)
+    stop = dbsub.add_parser("stop", help="stop the embedded PostgreSQL server")
+    _common(stop)
+    return parser
+
+
+def _settings(ns: argparse.Namespace) -> Settings:
+    keys = ("database_url", "data_dir", "default_region", "log_level", "host", "port", "read_only", "toolsets")
+    return load_settings(**{k: getattr(ns, k, None) for k in keys})
+
+
+def main(argv: list[str] | None = None) -> None:
+    ns = build_parser().parse_args(argv)
+    try:
+        settings = _settings(ns)
+    except ConfigError as exc:
+        print(f"crm-mcp: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+    from .app import configure_logging
+
+    configure_logging(settings.log_level)
+    try:
+        if ns.command == "serve":
+            from .app import serve_http, serve_stdio
+
+            if ns.http:
+                anyio.run(serve_http, settings, ns.demo)
+            else:
+                anyio.run(serve_stdio, settings, ns.demo)
+        elif ns.command == "migrate":
+            anyio.run(_migrate, settings)
+        elif ns.command == "seed-demo":
+            anyio.run(_seed, settings)
+        elif ns.command == "db" and ns.db_command == "status":
+            anyio.run(_status, settings)
+        elif ns.command == "db" and ns.db_command == "stop":
+            from .db import embedded_pgdata, stop_embedded
+
+            stop_embedded(embedded_pgdata(settings))
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    except Exception as exc:  # one clear line, not a traceback, for operational failures
+        from .db import DatabaseUnavailable
+        from .migrate import MigrationError
+
+        if isinstance(exc, (DatabaseUnavailable, MigrationError)):
+            print(f"crm-mcp: {exc}", file=sys.stderr)
+            raise SystemExit(1) from None
+        raise
+
+
+async def _migrate(settings: Settings) -> None:
+    from .app import prepare_database
+    from .db import connect_once
+    from .migrate import status
+
+    dsn = await prepare_database(settings)
+    conn = await connect_once(dsn)
+    try:
+        rows = await status(conn)
+    finally:
+        await conn.close()
+    print(f"schema up to date: {len(rows)} migrations applied")
+
+
+async def _seed(settings: Settings) -> None:
+    from .app import open_crm
+    from .demo import load_demo
+
+    async with open_crm(settings) as crm:
+        summary = await load_demo(crm)
+    print(json.dumps(summary, indent=2))
+
+
+async def _status(settings: Settings) -> None:
+    from .app import prepare_database
+    from .db import connect_once, embedded_pgdata
+    from .migrate import status
+
+    dsn = await prepare_database(settings)
+    conn = await connect_once(dsn)
+    try:
+        out: dict[str, Any] = {
+            "database": "external (CRM_DATABASE_URL)" if settings.database_url else f"embedded at {embedded_pgdata(settings)}",
+            "server_version": await conn.fetchval("SHOW server_version"),
+            "pgvector": await conn.fetchval("SELECT extversion FROM pg_extension WHERE extname = 'vector'"),
+            "migrations": await status(conn),
+            "counts": {},
+        }
+        for table in ("customers", "customer_identifiers", "conversations", "messages", "tickets", "knowledge_base",
+                      "kb_chunks", "products", "orders", "feedback"):
+            out["counts"][table] = await conn.fetchval(f"SELECT count(*) FROM {table}")
+        space = await conn.fetchrow("SELECT provider, model, dimension FROM embedding_space")
+        out["embeddings"] = dict(space) if space else None
+    finally:
+        await conn.close()
+    print(json.dumps(out, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,358 @@
+"""Customers and cross-channel identity: find_customer, upsert_customer (merge_customers and
+get_customer_history live in customer_ops.py)."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any, Literal
+
+import asyncpg
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .context import Crm
+from .errors import Conflict, NotFound, UserError
+from .identity import looks_like_email, looks_like_phone, normalize_email, normalize_phone
+from .models import CustomerSummary, Identity, Out, SentimentSummary
+from .registry import crm_tool
+
+TICKET_NUMBER = re.compile(r"^\s*TKT-(\d{1,9})\s*$", re.IGNORECASE)
+
+# One statement builds every summary: identities, open tickets and sentiment trend per customer.
+SUMMARY_SQL = """
+SELECT c.id, c.name, c.company, c.plan, c.last_contact_at, c.total_interactions, c.sentiment_avg,
+       c.merged_into,
+       coalesce((SELECT jsonb_agg(jsonb_build_object('kind', i.kind, 'value', i.value, 'verified', i.verified)
+                                  ORDER BY i.kind, i.created_at)
+                 FROM customer_identifiers i WHERE i.customer_id = c.id), '[]') AS identities,
+       (SELECT count(*) FROM tickets t WHERE t.customer_id = c.id AND t.status NOT IN ('resolved', 'closed')) AS open_tickets,
+       s.recent, s.previous, s.samples
+FROM customers c
+LEFT JOIN LATERAL (
+    SELECT avg(score) FILTER (WHERE rn <= 5) AS recent,
+           avg(score) FILTER (WHERE rn > 5) AS previous,
+           (SELECT count(*) FROM customer_sentiment x WHERE x.customer_id = c.id) AS samples
+    FROM (SELECT score, row_number() OVER (ORDER BY recorded_at DESC, id DESC) AS rn
+          FROM customer_sentiment WHERE customer_id = c.id ORDER BY recorded_at DESC, id DESC LIMIT 10) z
+) s ON true
+WHERE c.id = ANY($1::uuid[])
+"""
+
+
+def _trend(recent: float | None, previous: float | None) -> str:
+    if recent is None or previous is None:
+        return "unknown"
+    delta = recent - previous
+    if delta > 0.15:
+        return "improving"
+    if delta < -0.15:
+        return "declining"
+    return "stable"
+
+
+def _r(x: float | None) -> float | None:
+    return None if x is None else round(float(x), 3)
+
+
+async def load_summaries(conn: asyncpg.Connection, ids: list[uuid.UUID]) -> list[CustomerSummary]:
+    """Summaries in the order of `ids`."""
+    rows = {r["id"]: r for r in await conn.fetch(SUMMARY_SQL, ids)}
+    out = []
+    for cid in ids:
+        r = rows.get(cid)
+        if r is None:
+            continue
+        out.append(
+            CustomerSummary(
+                customer_id=str(r["id"]),
+                name=r["name"],
+                company=r["company"],
+                plan=r["plan"],
+                identities=[Identity(**i) for i in r["identities"]],
+                open_tickets=r["open_tickets"],
+                last_contact_at=r["last_contact_at"],
+                total_interactions=r["total_interactions"],
+                sentiment=SentimentSummary(
+                    average=_r(r["sentiment_avg"]),
+                    recent=_r(r["recent"]),
+                    trend=_trend(r["recent"], r["previous"]),  # type: ignore[arg-type]
+                    samples=r["samples"] or 0,
+                ),
+                merged_into=str(r["merged_into"]) if r["merged_into"] else None,
+            )
+        )
+    return out
+
+
+def parse_uuid(value: str, what: str, finder: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value.strip())
+    except (ValueError, AttributeError):
+        raise UserError(f"{what} must be a UUID such as 3f2b8c1e-....", hint=f"Use {finder} to look it up.") from None
+
+
+async def require_customer(conn: asyncpg.Connection, customer_id: str) -> uuid.UUID:
+    cid = parse_uuid(customer_id, "customer_id", "find_customer")
+    row = await conn.fetchrow("SELECT id, merged_into FROM customers WHERE id = $1", cid)
+    if row is None:
+        raise NotFound(f"No customer with id {cid}.", hint="Use find_customer to look the customer up by email, phone or name.")
+    return row["id"]
+
+
+# find_customer --------------------------------------------------------------------------------
+
+SearchKind = Literal["auto", "email", "phone", "whatsapp", "name", "customer_id", "ticket_number"]
+
+
+class FindCustomerInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    query: str = Field(
+        min_length=1,
+        max_length=320,
+        description=(
+            "What you know about the customer: an email address, a phone or WhatsApp number in any "
+            "common format ('+1 415 555 0123', 'whatsapp:+14155550123'), a customer id (UUID), a "
+            "ticket number (TKT-0042) or part of their name."
+        ),
+        examples=["jane@example.com", "whatsapp:+14155550123", "TKT-0042", "Jane"],
+    )
+    kind: SearchKind = Field(
+        default="auto",
+        description="How to read `query`. 'auto' detects email, phone, UUID and ticket numbers, else searches names.",
+    )
+    limit: int = Field(default=5, ge=1, le=25, description="Maximum number of matches to return (1-25).")
+
+
+class FindCustomerResult(Out):
+    matched_by: SearchKind = Field(description="How the query was interpreted.")
+    normalized_query: str = Field(description="The query after normalisation (E.164 phone, lower-case email).")
+    matches: list[CustomerSummary]
+    note: str | None = Field(default=None, description="Guidance when nothing or many things matched.")
+
+
+def _detect(query: str) -> SearchKind:
+    q = query.strip()
+    if TICKET_NUMBER.match(q):
+        return "ticket_number"
+    try:
+        uuid.UUID(q)
+        return "customer_id"
+    except ValueError:
+        pass
+    if q.lower().startswith("whatsapp:"):
+        return "whatsapp"
+    if looks_like_email(q):
+        return "email"
+    if looks_like_phone(q):
+        return "phone"
+    return "name"
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+@crm_tool(name="find_customer", title="Find customer", toolset="customers", read_only=True, destructive=False, idempotent=True)
+async def find_customer(crm: Crm, args: FindCustomerInput) -> FindCustomerResult:
+    """Look a customer up by email, phone or WhatsApp number, customer id, ticket number or name.
+
+    Use this first whenever a message or a person mentions a customer: it returns each match
+    with all their identities (email/phone/whatsapp), plan, open ticket count, last contact time
+    and sentiment trend. Emails are matched case-insensitively; phone numbers are normalised to
+    E.164 (so '+1 (415) 555-0123', '4155550123' and 'whatsapp:+14155550123' all find the same
+    person). Name search is a case-insensitive substring match, newest contact first.
+    Not for creating or changing customers: use upsert_customer. For a customer's messages and
+    tickets over time use get_customer_history."""
+    q = args.query.replace("\x00", "").strip()
+    if not q:
+        raise UserError("query is empty.", hint="Pass an email, phone number, ticket number, customer id or name.")
+    kind = _detect(q) if args.kind == "auto" else args.kind
+    region = crm.settings.default_region
+    async with crm.pool.acquire() as conn:
+        ids: list[uuid.UUID]
+        if kind == "email":
+            norm = normalize_email(q)
+            ids = [r["customer_id"] for r in await conn.fetch(
+                "SELECT customer_id FROM customer_identifiers WHERE kind = 'email' AND value = $1", norm)]
+        elif kind in ("phone", "whatsapp"):
+            norm = normalize_phone(q, region)
+            # The same number is one person whether they used it for calls/SMS or WhatsApp.
+            ids = [r["customer_id"] for r in await conn.fetch(
+                "SELECT DISTINCT customer_id FROM customer_identifiers WHERE kind IN ('phone', 'whatsapp') AND value = $1",
+                norm)]
+        elif kind == "customer_id":
+            cid = parse_uuid(q, "query", "find_customer with an email or name")
+            norm = str(cid)
+            ids = [r["id"] for r in await conn.fetch("SELECT id FROM customers WHERE id = $1", cid)]
+        elif kind == "ticket_number":
+            m = TICKET_NUMBER.match(q)
+            if not m:
+                raise UserError("Ticket numbers look like TKT-0042.", hint="Use list_tickets to browse tickets.")
+            norm = f"TKT-{int(m.group(1)):04d}"
+            ids = [r["customer_id"] for r in await conn.fetch(
+                "SELECT customer_id FROM tickets WHERE ticket_number = $1", norm)]
+        else:
+            norm = q.lower()
+            ids = [r["id"] for r in await conn.fetch(
+                "SELECT id FROM customers WHERE lower(name) LIKE '%' || $1 || '%' AND merged_into IS NULL "
+                "ORDER BY last_contact_at DESC NULLS LAST, created_at DESC LIMIT $2",
+                _like_escape(norm), args.limit)]
+        matches = await load_summaries(conn, ids[: args.limit])
+    note = None
+    if not matches:
+        note = (
+            f"No customer matches this {kind.replace('_', ' ')}. Try another identifier or a name fragment; "
+            "to create the customer use upsert_customer."
+        )
+    elif any(m.merged_into for m in matches):
+        note = "A match was merged into another customer (see merged_into); use that customer id."
+    return FindCustomerResult(matched_by=kind, normalized_query=norm, matches=matches, note=note)
+
+
+# upsert_customer ------------------------------------------------------------------------------
+
+
+class UpsertCustomerInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    customer_id: str | None = Field(
+        default=None,
+        max_length=64,
+        description="UUID of the customer to update (from find_customer). Omit to find-or-create by the identities given.",
+    )
+    name: str | None = Field(default=None, min_length=1, max_length=200, description="Full name.")
+    company: str | None = Field(default=None, min_length=1, max_length=200, description="Company name.")
+    plan: Literal["free", "starter", "professional", "enterprise"] | None = Field(default=None, description="Subscription plan.")
+    preferred_language: str | None = Field(
+        default=None, pattern=r"^[a-z]{2}(-[A-Z]{2})?$", description="Language tag such as 'en' or 'pt-BR'."
+    )
+    email: str | None = Field(default=None, max_length=320, description="Email address to link (lower-cased).")
+    phone: str | None = Field(default=None, max_length=40, description="Phone number to link, normalised to E.164.")
+    whatsapp: str | None = Field(
+        default=None, max_length=50, description="WhatsApp number to link ('+14155550123' or 'whatsapp:+14155550123')."
+    )
+    verified: bool = Field(default=False, description="Mark the identities linked by this call as verified.")
+    metadata: dict[str, Any] | None = Field(
+        default=None, description="Extra attributes merged into the customer's metadata (a flat JSON object, < 8 KB)."
+    )
+
+    @model_validator(mode="after")
+    def _something(self) -> UpsertCustomerInput:
+        if self.customer_id is None and not (self.email or self.phone or self.whatsapp):
+            # Creating needs a way to reach the person; it also keeps repeated calls idempotent.
+            raise ValueError("give customer_id to update, or at least one of email, phone or whatsapp to find or create")
+        if self.metadata is not None:
+            import json
+
+            if len(json.dumps(self.metadata, default=str)) > 8192:
+                raise ValueError("metadata is larger than 8 KB")
+        return self
+
+
+class UpsertCustomerResult(Out):
+    created: bool = Field(description="True when a new customer record was created.")
+    updated_fields: list[str]
+    linked_identities: list[Identity] = Field(description="Identities newly linked by this call.")
+    customer: CustomerSummary
+
+
+async def link_identity(
+    conn: asyncpg.Connection, customer_id: uuid.UUID, kind: str, value: str, *, verified: bool, source_channel: str | None
+) -> bool:
+    """Link an identity; True when new. An identity owned by someone else is a Conflict."""
+    row = await conn.fetchrow(
+        """
+        INSERT INTO customer_identifiers (customer_id, kind, value, verified, source_channel)
+        VALUES ($1, $2, $3, $4, $5)
+        ON CONFLICT (kind, value) DO UPDATE SET verified = customer_identifiers.verified OR EXCLUDED.verified
+        RETURNING customer_id, (xmax = 0) AS inserted
+        """,
+        customer_id, kind, value, verified, source_channel,
+    )
+    if row["customer_id"] != customer_id:
+        raise Conflict(
+            f"The {kind} {value} already belongs to another customer ({row['customer_id']}).",
+            hint="If both records are the same person, use merge_customers; otherwise leave this identity off.",
+        )
+    return bool(row["inserted"])
+
+
+@crm_tool(name="upsert_customer", title="Create or update customer", toolset="customers", read_only=False, destructive=False, idempotent=True)
+async def upsert_customer(crm: Crm, args: UpsertCustomerInput) -> UpsertCustomerResult:
+    """Create a customer or update one, and link email / phone / WhatsApp identities to them.
+
+    With customer_id: updates the given profile fields and links the identities. Without it:
+    finds the customer who owns any of the given identities, or creates a new one, so calling
+    it twice with the same email is safe (idempotent). Fields you omit are left unchanged.
+    Emails are lower-cased and validated; phones are normalised to E.164 (numbers without a
+    country code are read in the server's default region). An identity that already belongs
+    to a different customer is refused (nothing changes): use merge_customers when two records
+    are the same person. Use find_customer to get ids."""
+    region = crm.settings.default_region
+    wanted: list[tuple[str, str]] = []
+    if args.email:
+        wanted.append(("email", normalize_email(args.email)))
+    if args.phone:
+        wanted.append(("phone", normalize_phone(args.phone, region)))
+    if args.whatsapp:
+        wanted.append(("whatsapp", normalize_phone(args.whatsapp, region)))
+
+    for attempt in range(3):
+        try:
+            return await _upsert_once(crm, args, wanted)
+        except asyncpg.UniqueViolationError:
+            # Two calls created the same identity at once; the loser retries and finds it.
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+async def _upsert_once(crm: Crm, args: UpsertCustomerInput, wanted: list[tuple[str, str]]) -> UpsertCustomerResult:
+    async with crm.tx() as conn:
+        created = False
+        if args.customer_id is not None:
+            cid = await require_customer(conn, args.customer_id)
+        else:
+            owners = {
+                r["customer_id"]
+                for r in await conn.fetch(
+                    "SELECT customer_id FROM customer_identifiers WHERE (kind, value) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
+                    [k for k, _ in wanted], [v for _, v in wanted],
+                )
+            }
+            if len(owners) > 1:
+                raise Conflict(
+                    f"These identities belong to {len(owners)} different customers: {', '.join(sorted(map(str, owners)))}.",
+                    hint="Use merge_customers to combine them, or call upsert_customer with one customer_id.",
+                )
+            if owners:
+                cid = owners.pop()
+            else:
+                cid = await conn.fetchval(
+                    "INSERT INTO customers (name, first_contact_at) VALUES ($1, NULL) RETURNING id", args.name
+                )
+                created = True
+        merged_into = await conn.fetchval("SELECT merged_into FROM customers WHERE id = $1", cid)
+        if merged_into is not None:
+            raise Conflict(
+                f"Customer {cid} was merged into {merged_into}.", hint=f"Update customer {merged_into} instead."
+            )
+        fields = {
+            k: getattr(args, k)
+            for k in ("name", "company", "plan", "preferred_language")
+            if getattr(args, k) is not None
+        }
+        updated: list[str] = []
+        if fields or args.metadata:
+            sets = [f"{k} = ${i + 2}" for i, k in enumerate(fields)]
+            values: list[Any] = list(fields.values())
+            if args.metadata:
+                sets.append(f"metadata = metadata || ${len(values) + 2}::jsonb")
+                values.append(args.metadata)
+            await conn.execute(f"UPDATE customers SET {', '.join(sets)} WHERE id = $1", cid, *values)
+            updated = list(fields) + (["metadata"] if args.metadata else [])
+        linked: list[Identity] = []
+        for kind, value in wanted:
+            if await link_identity(conn, cid, kind, value, verified=args.verified, source_channel=None):
+                linked.append(Identity(kind=kind, value=value, verified=args.verified))  # type: ignore[arg-type]
+        [summary] = await load_summaries(conn, [cid])
+    return UpsertCustomerResult(created=created, updated_fields=[] if created else updated, linked_identities=linked, customer=summary)
