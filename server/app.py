@@ -154,7 +154,17 @@ async def serve_http(settings: Settings, demo: bool = False) -> None:
         )
         uv = uvicorn.Server(config)
         log.info("crm-mcp %s serving Streamable HTTP on http://%s:%d/mcp", __version__, settings.host, settings.port)
-        await uv.serve()
+        async with anyio.create_task_group() as tg:
+            stop = anyio.CancelScope()
+
+            async def watch() -> None:
+                with stop:
+                    await _watch_signals(stop)
+                uv.should_exit = True  # graceful: finish in-flight requests, then return
+
+            tg.start_soon(watch)
+            await uv.serve()
+            stop.cancel()
 
 
 def configure_logging(level: str) -> None:

@@ -39,9 +39,11 @@ def normalize_phone(raw: str, default_region: str) -> str:
             "Invalid phone number: it could not be parsed.",
             hint=f"Give it in international form, e.g. +14155550123 (numbers without a country code are read as {default_region}).",
         ) from None
-    if not phonenumbers.is_valid_number(num):
+    # "Possible" (right length for the country) rather than "valid": libphonenumber's range
+    # metadata lags new allocations, and refusing a real customer's number is worse.
+    if not phonenumbers.is_possible_number(num):
         raise UserError(
-            "Invalid phone number: not a valid number for its country.",
+            "Invalid phone number: wrong length for its country code.",
             hint="Check the digits and the country code, e.g. +14155550123.",
         )
     return phonenumbers.format_number(num, phonenumbers.PhoneNumberFormat.E164)

@@ -100,14 +100,14 @@ def format_validation_error(tool: str, exc: ValidationError) -> str:
     return f"Invalid arguments for {tool}: " + "; ".join(parts[:8]) + ". Nothing was changed."
 
 
-def _flat_signature(model: type[BaseModel]) -> inspect.Signature:
+def _flat_signature(model: type[BaseModel], model_out: type[BaseModel]) -> inspect.Signature:
     params = []
     for fname, field in model.model_fields.items():
         info = Field(description=field.description, examples=field.examples, title=field.title)
         annotation: Any = Annotated[(field.annotation, *field.metadata, info)]
         default = inspect.Parameter.empty if field.is_required() else field.default
         params.append(inspect.Parameter(fname, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default))
-    return inspect.Signature(params)
+    return inspect.Signature(params, return_annotation=model_out)
 
 
 _RETRYABLE = (
@@ -158,7 +158,7 @@ def make_handler(spec: ToolSpec, crm: Any) -> Callable[..., Awaitable[BaseModel]
 
     tool.__name__ = spec.name
     tool.__doc__ = spec.description
-    tool.__signature__ = _flat_signature(spec.input_model)  # type: ignore[attr-defined]
+    tool.__signature__ = _flat_signature(spec.input_model, spec.output_model)  # type: ignore[attr-defined]
     tool.__annotations__ = {"return": spec.output_model}
     return tool
 
