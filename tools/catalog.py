@@ -1,26 +1,47 @@
-"""The catalog: importing the domain modules fills the tool registry in a fixed order, which is
-the order clients see in tools/list. Resources, prompts and background tasks hook in here too."""
+"""The catalog: importing the domain modules fills the tool registry; tools/list shows them
+grouped by toolset in registry.TOOLSETS order. Resources, prompts and the background SLA task
+hook in here too."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from . import customers  # noqa: F401  (registers tools)
+import anyio
+
+from . import customers, intake, replies, tickets  # noqa: F401  (each registers its tools)
 from .context import Crm
+
+log = logging.getLogger(__name__)
 
 
 def register_extras(server: Any, crm: Crm) -> None:
-    """Resources, resource templates and prompts (see crm_mcp.resources)."""
-    try:
-        from crm_mcp.resources import register
-    except ImportError:
-        return
+    """Resources, resource templates, prompts and completions (crm_mcp.resources)."""
+    from crm_mcp.resources import register
+
     register(server, crm)
 
 
+async def _sla_loop(crm: Crm) -> None:
+    while True:
+        try:
+            breached = await tickets.sla_sweep(crm)
+            if breached:
+                log.info("SLA: auto-escalated %s", ", ".join(breached))
+        except Exception:  # the database may be restarting; try again next round
+            log.warning("SLA sweep failed; will retry", exc_info=True)
+        await anyio.sleep(crm.settings.sla_check_interval_s)
+
+
 async def startup(crm: Crm) -> None:
-    pass
+    tg = anyio.create_task_group()
+    await tg.__aenter__()
+    tg.start_soon(_sla_loop, crm)
+    crm.extras["task_group"] = tg
 
 
 async def shutdown(crm: Crm) -> None:
-    pass
+    tg = crm.extras.pop("task_group", None)
+    if tg is not None:
+        tg.cancel_scope.cancel()
+        await tg.__aexit__(None, None, None)

@@ -169,4 +169,6 @@ def selected_specs(toolsets: str, read_only: bool) -> list[ToolSpec]:
     if unknown:
         raise ValueError(f"unknown toolset(s) {sorted(unknown)}; valid: {', '.join(TOOLSETS)} or all")
     # Read-only mode wins over everything: a writing tool is never exposed under it.
-    return [s for s in CATALOG if s.toolset in wanted and not (read_only and s.writes)]
+    specs = [s for s in CATALOG if s.toolset in wanted and not (read_only and s.writes)]
+    # Grouped by toolset in TOOLSETS order, declaration order within (sorted() is stable).
+    return sorted(specs, key=lambda s: TOOLSETS.index(s.toolset))

@@ -1,0 +1,5 @@
+"""Placeholder until resources land."""
+
+
+def register(server, crm):  # noqa: ANN001
+    return None

@@ -1,0 +1,398 @@
+"""ingest_message: one inbound channel message in, in one transaction.
+
+Order of work (each step relies on the one before):
+  1. dedup: a transaction-scoped advisory lock on (channel, channel_message_id), then a lookup;
+     a repeat returns the original ids with duplicate=true and changes nothing. The UNIQUE
+     (channel, channel_message_id) constraint stays the backstop.
+  2. identity: exact identity of the message's own channel first, then email, then phone;
+     create the customer when none matches; link the new identities the sender brings.
+     Locks on each identity serialise first contacts of the same new person.
+  3. conversation: the customer's open conversation is reused when its last activity is within
+     the window (default 24 h) or it still has an unfinished ticket, on any channel, recording
+     a channel switch; otherwise it is closed and a new one starts.
+  4. ticket before response: the conversation's unfinished ticket (a waiting ticket moves to
+     in_progress; a resolved one reopens), or a new one classified from the text.
+  5. sentiment (VADER, -1..1) on the message, folded into conversation and customer.
+  6. counts and metrics, once: a duplicate never reaches this point.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from typing import Any, Literal
+
+import asyncpg
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .context import Crm
+from .enums import Channel, TicketCategory, TicketPriority, TicketStatus
+from .errors import UserError
+from .formatting import strip_control_chars
+from .identity import normalize_email, normalize_phone
+from .models import Out
+from .registry import crm_tool
+from .rules import classify, escalation_reasons, score_sentiment
+from .tickets import add_event, insert_ticket
+
+MAX_CONTENT = 50_000
+MAX_METADATA_BYTES = 16_384
+MAX_METADATA_DEPTH = 6
+
+
+def _depth(value: Any, level: int = 0) -> int:
+    if level > MAX_METADATA_DEPTH:
+        return level
+    if isinstance(value, dict):
+        return max([_depth(v, level + 1) for v in value.values()] or [level + 1])
+    if isinstance(value, list):
+        return max([_depth(v, level + 1) for v in value] or [level + 1])
+    return level
+
+
+class Sender(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    email: str | None = Field(default=None, max_length=320, description="Sender's email address.")
+    phone: str | None = Field(default=None, max_length=40, description="Sender's phone number, any common format.")
+    whatsapp: str | None = Field(default=None, max_length=50, description="Sender's WhatsApp number ('+1...' or 'whatsapp:+1...').")
+    name: str | None = Field(default=None, max_length=200, description="Display name as the channel gave it.")
+
+
+class IngestInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    channel: Channel = Field(description="Channel the message arrived on.")
+    channel_message_id: str = Field(
+        min_length=1, max_length=500,
+        description="The channel's own message id (Gmail message id, Twilio MessageSid, Meta wamid, web form submission id). The dedup key.",
+    )
+    sender: Sender = Field(description="Who sent it: at least one of email, phone, whatsapp.")
+    content: str = Field(min_length=1, max_length=MAX_CONTENT, description=f"Message text (plain text, at most {MAX_CONTENT:,} characters).")
+    subject: str | None = Field(default=None, max_length=500, description="Email subject or web form topic.")
+    thread_ref: str | None = Field(default=None, max_length=500, description="The channel's thread id (Gmail threadId), kept for replies.")
+    received_at: datetime | None = Field(default=None, description="When the channel received it (ISO 8601 with time zone). Default: now.")
+    metadata: dict[str, Any] | None = Field(default=None, description="Channel-specific extras (JSON object, at most 16 KB, 6 levels deep).")
+
+    @field_validator("metadata")
+    @classmethod
+    def _meta(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is None:
+            return v
+        if _depth(v) > MAX_METADATA_DEPTH:
+            raise ValueError(f"metadata is nested deeper than {MAX_METADATA_DEPTH} levels")
+        if len(json.dumps(v, default=str)) > MAX_METADATA_BYTES:
+            raise ValueError("metadata is larger than 16 KB")
+        return v
+
+    @model_validator(mode="after")
+    def _who(self) -> IngestInput:
+        s = self.sender
+        if not (s.email or s.phone or s.whatsapp):
+            raise ValueError("sender needs at least one of email, phone or whatsapp")
+        if self.channel == "email" and not s.email:
+            raise ValueError("an email message needs sender.email")
+        if self.channel == "whatsapp" and not (s.whatsapp or s.phone):
+            raise ValueError("a WhatsApp message needs sender.whatsapp")
+        if self.received_at is not None:
+            if self.received_at.tzinfo is None:
+                raise ValueError("received_at needs a time zone, e.g. 2026-01-31T12:00:00Z")
+            if self.received_at > datetime.now(timezone.utc) + timedelta(minutes=5):
+                raise ValueError("received_at is in the future")
+        return self
+
+
+class IngestCustomer(Out):
+    customer_id: str
+    name: str | None
+    is_new: bool
+
+
+class IngestConversation(Out):
+    conversation_id: str
+    is_new: bool
+    channel_switched: bool
+    previous_channel: str | None
+
+
+class IngestTicket(Out):
+    ticket_number: str
+    status: TicketStatus
+    priority: TicketPriority
+    category: TicketCategory
+    is_new: bool
+    reopened: bool
+
+
+class Escalation(Out):
+    code: str
+    detail: str
+
+
+class IngestResult(Out):
+    duplicate: bool = Field(description="True when this channel message was already ingested: ids are the original ones and nothing changed.")
+    message_id: str
+    customer: IngestCustomer
+    conversation: IngestConversation
+    ticket: IngestTicket
+    channel_switched: bool
+    sentiment: float = Field(description="-1 (very negative) .. +1 (very positive).")
+    escalation_suggested: bool
+    escalation_reasons: list[Escalation]
+    identity_conflicts: list[str] = Field(description="Identities the sender gave that belong to another customer (not linked; consider merge_customers).")
+    next_step: str
+
+
+def _lock_key(*parts: str) -> str:
+    return "\x1f".join(parts)
+
+
+async def _lock(conn: asyncpg.Connection, key: str) -> None:
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", key)
+
+
+@crm_tool(name="ingest_message", title="Ingest inbound message", toolset="conversations", read_only=False, destructive=False, idempotent=True)
+async def ingest_message(crm: Crm, args: IngestInput) -> IngestResult:
+    """Record one inbound customer message from a channel, exactly once, and get back everything
+    needed to answer it: customer (found or created), conversation (reused across channels within
+    24 h), the ticket (opened before any reply; TKT-0042), sentiment, and whether to escalate.
+
+    Call it once per channel message before replying; retries and duplicate webhook deliveries
+    are safe (same channel + channel_message_id returns the original ids with duplicate=true and
+    changes nothing). Identity: the sender's identity on this channel, then email, then phone;
+    new identities the sender brings (a web form with email and phone) are linked. Then use
+    search_knowledge_base and send_response, or escalate_to_human when escalation_suggested.
+    Not for outbound replies (send_response) or staff notes (update_ticket)."""
+    region = crm.settings.default_region
+    s = args.sender
+    wanted: list[tuple[str, str]] = []
+    if s.email:
+        wanted.append(("email", normalize_email(s.email)))
+    if args.channel == "whatsapp":
+        wanted.append(("whatsapp", normalize_phone(s.whatsapp or s.phone or "", region)))
+        if s.phone and s.whatsapp:
+            wanted.append(("phone", normalize_phone(s.phone, region)))
+    else:
+        if s.whatsapp:
+            wanted.append(("whatsapp", normalize_phone(s.whatsapp, region)))
+        if s.phone:
+            wanted.append(("phone", normalize_phone(s.phone, region)))
+    content = strip_control_chars(args.content).strip()
+    if not content:
+        raise UserError("content is empty after removing control characters.")
+    subject = strip_control_chars(args.subject).strip() or None if args.subject else None
+    name = strip_control_chars(s.name).strip() or None if s.name else None
+    cmid = strip_control_chars(args.channel_message_id).strip()
+    if not cmid:
+        raise UserError("channel_message_id is empty.")
+    received = args.received_at or datetime.now(timezone.utc)
+    # Scoring is pure CPU; done before the transaction so locks are held briefly.
+    sentiment = score_sentiment(content)
+    started = time.perf_counter()
+    for attempt in range(4):
+        try:
+            return await _ingest_once(crm, args, wanted, content, subject, name, cmid, received, sentiment, started)
+        except (asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError):
+            # A concurrent first contact or conversation start won the race; the retry sees it.
+            if attempt == 3:
+                raise
+    raise AssertionError("unreachable")
+
+
+async def _existing(conn: asyncpg.Connection, channel: str, cmid: str) -> IngestResult | None:
+    row = await conn.fetchrow(
+        """
+        SELECT m.id, m.sentiment, m.channel, c.id AS customer_id, c.name, v.id AS conversation_id,
+               t.ticket_number, t.status, t.priority, t.category
+        FROM messages m
+        JOIN customers c ON c.id = m.customer_id
+        JOIN conversations v ON v.id = m.conversation_id
+        LEFT JOIN tickets t ON t.id = m.ticket_id
+        WHERE m.channel = $1 AND m.channel_message_id = $2
+        """, channel, cmid)
+    if row is None:
+        return None
+    return IngestResult(
+        duplicate=True,
+        message_id=str(row["id"]),
+        customer=IngestCustomer(customer_id=str(row["customer_id"]), name=row["name"], is_new=False),
+        conversation=IngestConversation(conversation_id=str(row["conversation_id"]), is_new=False, channel_switched=False, previous_channel=None),
+        ticket=IngestTicket(ticket_number=row["ticket_number"], status=row["status"], priority=row["priority"],
+                            category=row["category"], is_new=False, reopened=False),
+        channel_switched=False,
+        sentiment=row["sentiment"] or 0.0,
+        escalation_suggested=False,
+        escalation_reasons=[],
+        identity_conflicts=[],
+        next_step="Duplicate delivery: this message was already ingested; do not reply to it again.",
+    )
+
+
+async def _ingest_once(
+    crm: Crm, args: IngestInput, wanted: list[tuple[str, str]], content: str, subject: str | None, name: str | None,
+    cmid: str, received: datetime, sentiment: float, started: float,
+) -> IngestResult:
+    channel = args.channel
+    settings = crm.settings
+    async with crm.tx() as conn:
+        # 1. dedup
+        await _lock(conn, _lock_key("msg", channel, cmid))
+        if (dup := await _existing(conn, channel, cmid)) is not None:
+            return dup
+        # 2. identity
+        for kind, value in sorted(wanted):
+            await _lock(conn, _lock_key("id", kind, value))
+        rows = await conn.fetch(
+            "SELECT kind, value, customer_id FROM customer_identifiers WHERE value = ANY($1::text[])",
+            [v for _, v in wanted])
+        owner = {(r["kind"], r["value"]): r["customer_id"] for r in rows}
+        order = [(k, v) for k, v in wanted if k == channel] + [(k, v) for k, v in wanted if k == "email" and k != channel] + \
+                [(k, v) for k, v in wanted if k in ("phone", "whatsapp") and k != channel]
+        customer_id: uuid.UUID | None = None
+        for k, v in order:
+            cid = owner.get((k, v))
+            if cid is None and k in ("phone", "whatsapp"):
+                # the same number registered under the other kind is the same person
+                cid = owner.get(("whatsapp" if k == "phone" else "phone", v))
+            if cid is not None:
+                customer_id = cid
+                break
+        is_new_customer = customer_id is None
+        if customer_id is None:
+            customer_id = await conn.fetchval(
+                "INSERT INTO customers (name, first_contact_at) VALUES ($1, $2) RETURNING id", name, received)
+        cust = await conn.fetchrow("SELECT id, name, merged_into FROM customers WHERE id = $1 FOR UPDATE", customer_id)
+        if cust["merged_into"] is not None:  # identities normally move on merge; follow the pointer anyway
+            customer_id = cust["merged_into"]
+            cust = await conn.fetchrow("SELECT id, name, merged_into FROM customers WHERE id = $1 FOR UPDATE", customer_id)
+        conflicts: list[str] = []
+        for k, v in wanted:
+            o = owner.get((k, v))
+            if o is not None and o != customer_id:
+                conflicts.append(f"{k}:{v}")
+                continue
+            if o is None:
+                # The channel itself vouches for the address it delivered from.
+                verified = (k == "email" and channel == "email") or (k == "whatsapp" and channel == "whatsapp")
+                await conn.execute(
+                    "INSERT INTO customer_identifiers (customer_id, kind, value, verified, source_channel) "
+                    "VALUES ($1, $2, $3, $4, $5)", customer_id, k, v, verified, channel)
+        if name and not cust["name"]:
+            await conn.execute("UPDATE customers SET name = $2 WHERE id = $1", customer_id, name)
+
+        # 3. conversation
+        window = timedelta(hours=settings.conversation_window_hours)
+        conv = await conn.fetchrow(
+            """SELECT v.*, EXISTS (SELECT 1 FROM tickets t WHERE t.conversation_id = v.id
+                                   AND t.status IN ('open', 'in_progress', 'waiting', 'escalated')) AS has_open_ticket
+               FROM conversations v WHERE customer_id = $1 AND status <> 'closed' FOR UPDATE""", customer_id)
+        switched = False
+        previous_channel = None
+        conv_is_new = False
+        if conv is not None and not (conv["last_activity_at"] >= received - window or conv["has_open_ticket"]):
+            await conn.execute(
+                "UPDATE conversations SET status = 'closed', ended_at = now(), resolution_type = coalesce(resolution_type, 'resolved') WHERE id = $1",
+                conv["id"])
+            conv = None
+        if conv is None:
+            conv_id = await conn.fetchval(
+                """INSERT INTO conversations (customer_id, initial_channel, current_channel, thread_ref, started_at, last_activity_at)
+                   VALUES ($1, $2, $2, $3, $4, $4) RETURNING id""", customer_id, channel, args.thread_ref, received)
+            conv_is_new = True
+            await conn.execute(
+                "INSERT INTO agent_metrics (metric_type, channel, value) VALUES ('conversation_count', $1, 1)", channel)
+        else:
+            conv_id = conv["id"]
+            if conv["current_channel"] != channel:
+                switched = True
+                previous_channel = conv["current_channel"]
+                switch = {"from": previous_channel, "to": channel, "at": received.isoformat()}
+                await conn.execute(
+                    "UPDATE conversations SET current_channel = $2, channel_switches = channel_switches || $3::jsonb WHERE id = $1",
+                    conv_id, channel, [switch])
+
+        # 4. ticket before response
+        ticket = await conn.fetchrow(
+            "SELECT * FROM tickets WHERE conversation_id = $1 ORDER BY created_at DESC LIMIT 1 FOR UPDATE", conv_id)
+        ticket_is_new = reopened = False
+        if ticket is not None and ticket["status"] == "waiting":
+            await conn.execute("UPDATE tickets SET status = 'in_progress' WHERE id = $1", ticket["id"])
+            await add_event(conn, ticket["id"], "status", from_value="waiting", to_value="in_progress",
+                            note="customer replied", actor="ingest_message")
+        elif ticket is not None and ticket["status"] == "resolved":
+            await conn.execute("UPDATE tickets SET status = 'open', resolved_at = NULL WHERE id = $1", ticket["id"])
+            await add_event(conn, ticket["id"], "status", from_value="resolved", to_value="open",
+                            note="reopened by customer reply", actor="ingest_message")
+            reopened = True
+        elif ticket is None or ticket["status"] == "closed":
+            cls = classify(content, subject, sentiment=sentiment)
+            ticket = await insert_ticket(
+                conn, crm, customer_id=customer_id, conversation_id=conv_id,
+                subject=subject or _subject_from(content), category=cls.category, priority=cls.priority,
+                channel=channel, created_at=received, actor="ingest_message")
+            ticket_is_new = True
+        ticket = await conn.fetchrow("SELECT * FROM tickets WHERE id = $1", ticket["id"])
+
+        # 5. the message itself, sentiment folded in
+        latency_ms = int((time.perf_counter() - started) * 1000)
+        message_id = await conn.fetchval(
+            """INSERT INTO messages (conversation_id, customer_id, ticket_id, channel, direction, role, content, subject,
+                                     channel_message_id, thread_ref, sentiment, processing_latency_ms, metadata, created_at)
+               VALUES ($1, $2, $3, $4, 'inbound', 'customer', $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id""",
+            conv_id, customer_id, ticket["id"], channel, content, subject, cmid, args.thread_ref, sentiment,
+            latency_ms, args.metadata or {}, received)
+        await conn.execute(
+            """UPDATE conversations SET message_count = message_count + 1,
+                   sentiment = (SELECT avg(sentiment) FROM messages
+                                WHERE conversation_id = $1 AND direction = 'inbound' AND sentiment IS NOT NULL),
+                   last_activity_at = greatest(last_activity_at, $2), thread_ref = coalesce(thread_ref, $3)
+               WHERE id = $1""", conv_id, received, args.thread_ref)
+        await conn.execute(
+            "INSERT INTO customer_sentiment (customer_id, message_id, channel, score, recorded_at) VALUES ($1, $2, $3, $4, $5)",
+            customer_id, message_id, channel, sentiment, received)
+        await conn.execute(
+            """UPDATE customers SET total_interactions = total_interactions + 1,
+                   sentiment_avg = ((coalesce(sentiment_avg, 0) * total_interactions) + $2) / (total_interactions + 1),
+                   last_contact_at = greatest(coalesce(last_contact_at, $3), $3),
+                   first_contact_at = least(coalesce(first_contact_at, $3), $3)
+               WHERE id = $1""", customer_id, sentiment, received)
+
+        # 6. metrics (a duplicate returned at step 1, so these are counted once)
+        await conn.execute(
+            "INSERT INTO agent_metrics (metric_type, channel, value, message_id) VALUES ('message_volume', $1, 1, $2), "
+            "('sentiment', $1, $3, $2)", channel, message_id, sentiment)
+
+        unanswered = await conn.fetchval(
+            """SELECT count(*) FROM messages WHERE conversation_id = $1 AND direction = 'inbound'
+               AND created_at > coalesce((SELECT max(created_at) FROM messages WHERE conversation_id = $1
+                                          AND direction = 'outbound' AND role IN ('agent', 'human')), '-infinity')""", conv_id)
+    reasons = escalation_reasons(
+        content if not subject else f"{subject}\n{content}", sentiment=sentiment, unanswered_inbound=unanswered,
+        threshold=settings.escalation_sentiment_threshold, repeat_limit=settings.repeat_question_limit)
+    already = ticket["status"] == "escalated"
+    suggested = bool(reasons) and not already
+    if already:
+        next_step = f"Ticket {ticket['ticket_number']} is already with human support; acknowledge briefly with send_response or wait."
+    elif suggested:
+        next_step = f"Escalation suggested: call escalate_to_human for {ticket['ticket_number']}, then tell the customer with send_response."
+    else:
+        next_step = f"Search the knowledge base (search_knowledge_base), then answer with send_response on {ticket['ticket_number']}."
+    return IngestResult(
+        duplicate=False,
+        message_id=str(message_id),
+        customer=IngestCustomer(customer_id=str(customer_id), name=name if is_new_customer else (cust["name"] or name), is_new=is_new_customer),
+        conversation=IngestConversation(conversation_id=str(conv_id), is_new=conv_is_new, channel_switched=switched, previous_channel=previous_channel),
+        ticket=IngestTicket(ticket_number=ticket["ticket_number"], status=ticket["status"], priority=ticket["priority"],
+                            category=ticket["category"], is_new=ticket_is_new, reopened=reopened),
+        channel_switched=switched,
+        sentiment=sentiment,
+        escalation_suggested=suggested,
+        escalation_reasons=[Escalation(code=r.code, detail=r.detail) for r in reasons],
+        identity_conflicts=conflicts,
+        next_step=next_step,
+    )
+
+
+def _subject_from(content: str) -> str:
+    first = " ".join(content.split())
+    return first if len(first) <= 80 else first[:77].rsplit(" ", 1)[0] + "..."

@@ -1,0 +1,346 @@
+"""Replies and the outbox: send_response, update_delivery_status, get_conversation.
+
+send_response never talks to a channel itself: it formats the reply for the channel and stores
+it as outbound messages with delivery_status 'pending'. Bridges claim pending messages
+(claim_outbox, FOR UPDATE SKIP LOCKED), deliver them, and report back through
+update_delivery_status, whose statuses only move forward:
+pending -> sent -> delivered -> read, and failed from pending, sent or delivered."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+import asyncpg
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .context import Crm
+from .enums import Channel, DeliveryStatus
+from .errors import Conflict, NotFound, UserError
+from .formatting import render_template, split_message, strip_control_chars, untrusted
+from .models import Out
+from .registry import crm_tool
+from .tickets import add_event, decode_cursor, encode_cursor, normalize_ticket_number
+
+DELIVERY_RANK = {"pending": 0, "sent": 1, "delivered": 2, "read": 3}
+FINAL = ("read", "failed")
+RECIPIENT_KIND = {"email": ("email",), "whatsapp": ("whatsapp", "phone"), "web_form": ("email",)}
+
+
+class SendResponseInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ticket_number: str | None = Field(default=None, max_length=20, description="Ticket to answer (TKT-0042). Give this or conversation_id.")
+    conversation_id: str | None = Field(default=None, max_length=64, description="Conversation to answer (UUID). Give this or ticket_number.")
+    body: str = Field(min_length=1, max_length=20_000, description="The reply text, without greeting or signature (the channel template adds them).")
+    channel: Channel | None = Field(default=None, description="Channel to reply on. Default: the channel the customer last wrote from.")
+    author: Literal["agent", "human"] = Field(default="agent", description="'agent' for the AI agent, 'human' for a member of staff.")
+    idempotency_key: str | None = Field(
+        default=None, min_length=1, max_length=200,
+        description="Any unique string for this reply; a retry with the same key returns the first result instead of sending twice.",
+    )
+
+    @model_validator(mode="after")
+    def _target(self) -> SendResponseInput:
+        if (self.ticket_number is None) == (self.conversation_id is None):
+            raise ValueError("give exactly one of ticket_number or conversation_id")
+        return self
+
+
+class OutboundPart(Out):
+    message_id: str
+    text: str = Field(description="Exactly what will be sent.")
+
+
+class SendResponseResult(Out):
+    ticket_number: str | None
+    conversation_id: str
+    channel: Channel
+    recipient: str = Field(description="Address or number the bridge will deliver to.")
+    parts: list[OutboundPart] = Field(description="One message, or several when WhatsApp splits a long reply at sentence boundaries.")
+    formatted_text: str = Field(description="The whole reply as the customer will see it.")
+    delivery_status: DeliveryStatus
+    replayed: bool = Field(description="True when this idempotency_key was already used: the original reply is returned, nothing new is queued.")
+
+
+async def _replay(conn: asyncpg.Connection, key: str) -> SendResponseResult | None:
+    first = await conn.fetchval(
+        "SELECT message_id FROM processed_messages WHERE source = 'send_response' AND external_id = $1", key)
+    if first is None:
+        return None
+    rows = await conn.fetch(
+        """SELECT m.*, t.ticket_number FROM messages m LEFT JOIN tickets t ON t.id = m.ticket_id
+           WHERE m.metadata->>'reply_group' = (SELECT metadata->>'reply_group' FROM messages WHERE id = $1)
+           ORDER BY (m.metadata->>'part')::int""", first)
+    r0 = rows[0]
+    return SendResponseResult(
+        ticket_number=r0["ticket_number"], conversation_id=str(r0["conversation_id"]), channel=r0["channel"],
+        recipient=r0["metadata"].get("recipient", ""), parts=[OutboundPart(message_id=str(r["id"]), text=r["content"]) for r in rows],
+        formatted_text="\n\n".join(r["content"] for r in rows), delivery_status=r0["delivery_status"], replayed=True)
+
+
+@crm_tool(name="send_response", title="Send response", toolset="conversations", read_only=False, destructive=False, idempotent=False)
+async def send_response(crm: Crm, args: SendResponseInput) -> SendResponseResult:
+    """Queue a reply to the customer on a ticket or conversation, formatted for the channel.
+
+    The body is wrapped in the channel's template from channel_configs (greeting with the
+    customer's name, signature, ticket reference) and held to its length limit: WhatsApp
+    replies longer than 1,600 characters are split into several messages at sentence
+    boundaries (never mid-word); on email and web form a reply over the limit is refused so
+    you can shorten it. The reply is stored as outbound messages with delivery_status
+    'pending' for the channel bridge to deliver; the result shows exactly what will be sent.
+    Marks the ticket's first response time. Pass idempotency_key to make retries safe.
+    For internal notes use update_ticket (notes are never sent)."""
+    body = strip_control_chars(args.body).strip()
+    if not body:
+        raise UserError("body is empty after removing control characters.")
+    async with crm.tx() as conn:
+        if args.idempotency_key:
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('reply:' || $1, 0))", args.idempotency_key)
+            if (prev := await _replay(conn, args.idempotency_key)) is not None:
+                return prev
+        ticket = None
+        if args.ticket_number is not None:
+            number = normalize_ticket_number(args.ticket_number)
+            ticket = await conn.fetchrow("SELECT * FROM tickets WHERE ticket_number = $1 FOR UPDATE", number)
+            if ticket is None:
+                raise NotFound(f"No ticket {number}.", hint="Use list_tickets or find_customer to find it.")
+            if ticket["conversation_id"] is None:
+                raise UserError(f"{number} has no conversation to reply in (it was created by hand).",
+                                hint="Reply on the customer's conversation_id instead (get_customer_history lists them).")
+            conv_id = ticket["conversation_id"]
+        else:
+            from .customers import parse_uuid
+
+            conv_id = parse_uuid(args.conversation_id or "", "conversation_id", "get_customer_history")
+        conv = await conn.fetchrow("SELECT * FROM conversations WHERE id = $1 FOR UPDATE", conv_id)
+        if conv is None:
+            raise NotFound(f"No conversation {conv_id}.", hint="Use get_customer_history to find conversation ids.")
+        if ticket is None:
+            ticket = await conn.fetchrow(
+                "SELECT * FROM tickets WHERE conversation_id = $1 ORDER BY created_at DESC LIMIT 1 FOR UPDATE", conv_id)
+        if ticket is not None and ticket["status"] == "closed":
+            raise Conflict(f"{ticket['ticket_number']} is closed; replies on a closed ticket are not sent.",
+                           hint="Wait for the customer's next message (it opens a new ticket) or use create_ticket.")
+        channel = args.channel or conv["current_channel"]
+        cfg = await conn.fetchrow("SELECT * FROM channel_configs WHERE channel = $1", channel)
+        if not cfg["is_enabled"]:
+            raise UserError(f"The {channel} channel is disabled.", hint="Reply on another channel (channel parameter).")
+        recipient = await conn.fetchval(
+            "SELECT value FROM customer_identifiers WHERE customer_id = $1 AND kind = ANY($2::text[]) "
+            "ORDER BY array_position($2::text[], kind), verified DESC, created_at LIMIT 1",
+            conv["customer_id"], list(RECIPIENT_KIND[channel]))
+        if recipient is None:
+            raise UserError(f"The customer has no {' or '.join(RECIPIENT_KIND[channel])} to reply to on {channel}.",
+                            hint="Choose another channel, or link the identity with upsert_customer.")
+        name = await conn.fetchval("SELECT name FROM customers WHERE id = $1", conv["customer_id"])
+        number = ticket["ticket_number"] if ticket is not None else None
+        text = render_template(cfg["response_template"], body=body, customer_name=name, ticket_number=number)
+        limit = cfg["max_response_length"]
+        if cfg["split_long_replies"]:
+            parts = split_message(text, limit)
+        elif len(text) > limit:
+            overhead = len(text) - len(body)
+            raise UserError(
+                f"The reply is {len(text)} characters with the {channel} template; the {channel} limit is {limit}. "
+                f"Shorten the body to at most {max(limit - overhead, 0)} characters and call send_response again. Nothing was queued.")
+        else:
+            parts = [text]
+        group = str(uuid.uuid4())
+        out: list[OutboundPart] = []
+        for i, part in enumerate(parts):
+            mid = await conn.fetchval(
+                """INSERT INTO messages (conversation_id, customer_id, ticket_id, channel, direction, role, content,
+                                         delivery_status, delivery_updated_at, thread_ref, metadata)
+                   VALUES ($1, $2, $3, $4, 'outbound', $5, $6, 'pending', now(), $7, $8) RETURNING id""",
+                conv_id, conv["customer_id"], ticket["id"] if ticket else None, channel, args.author, part,
+                conv["thread_ref"], {"reply_group": group, "part": i, "parts": len(parts), "recipient": recipient})
+            out.append(OutboundPart(message_id=str(mid), text=part))
+        if args.idempotency_key:
+            await conn.execute(
+                "INSERT INTO processed_messages (source, external_id, message_id) VALUES ('send_response', $1, $2)",
+                args.idempotency_key, uuid.UUID(out[0].message_id))
+        await conn.execute(
+            "UPDATE conversations SET message_count = message_count + $2, last_activity_at = now() WHERE id = $1",
+            conv_id, len(parts))
+        last_in = await conn.fetchval(
+            "SELECT max(created_at) FROM messages WHERE conversation_id = $1 AND direction = 'inbound'", conv_id)
+        now = datetime.now(timezone.utc)
+        if last_in is not None:
+            await conn.execute(
+                "INSERT INTO agent_metrics (metric_type, channel, value, message_id, metadata) VALUES ('response_latency', $1, $2, $3, $4)",
+                channel, max((now - last_in).total_seconds() * 1000, 0), uuid.UUID(out[0].message_id), {"author": args.author})
+        if ticket is not None:
+            if ticket["first_response_at"] is None:
+                await conn.execute("UPDATE tickets SET first_response_at = $2 WHERE id = $1", ticket["id"], now)
+                await conn.execute(
+                    "INSERT INTO agent_metrics (metric_type, channel, value, ticket_id) VALUES ('first_response_time', $1, $2, $3) "
+                    "ON CONFLICT DO NOTHING", ticket["source_channel"], max((now - ticket["created_at"]).total_seconds(), 0), ticket["id"])
+            if ticket["status"] == "open":
+                await conn.execute("UPDATE tickets SET status = 'in_progress' WHERE id = $1", ticket["id"])
+                await add_event(conn, ticket["id"], "status", from_value="open", to_value="in_progress",
+                                note="first reply sent", actor=f"send_response:{args.author}")
+    return SendResponseResult(
+        ticket_number=number, conversation_id=str(conv_id), channel=channel, recipient=recipient, parts=out,
+        formatted_text="\n\n".join(p.text for p in out), delivery_status="pending", replayed=False)
+
+
+# update_delivery_status -------------------------------------------------------------------------
+
+
+class DeliveryInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    message_id: str | None = Field(default=None, max_length=64, description="Our outbound message id (UUID from send_response).")
+    channel: Channel | None = Field(default=None, description="With channel_message_id: find the message by the channel's id.")
+    channel_message_id: str | None = Field(
+        default=None, min_length=1, max_length=500,
+        description="The channel's id for the message (Twilio SID, Gmail id). With message_id it is recorded on the message; with channel it finds the message.",
+    )
+    status: Literal["sent", "delivered", "read", "failed"] = Field(description="New delivery status reported by the channel.")
+    error: str | None = Field(default=None, max_length=2000, description="Provider error text when status is failed.")
+
+    @model_validator(mode="after")
+    def _which(self) -> DeliveryInput:
+        if self.message_id is None and not (self.channel and self.channel_message_id):
+            raise ValueError("give message_id, or channel together with channel_message_id")
+        return self
+
+
+class DeliveryResult(Out):
+    message_id: str
+    delivery_status: DeliveryStatus
+    changed: bool = Field(description="False when the report was older than, or equal to, the current status (ignored).")
+    note: str | None = None
+
+
+@crm_tool(name="update_delivery_status", title="Update delivery status", toolset="conversations", read_only=False, destructive=False, idempotent=True)
+async def update_delivery_status(crm: Crm, args: DeliveryInput) -> DeliveryResult:
+    """Record what the channel reported about an outbound message (used by bridges).
+
+    Statuses only move forward: pending -> sent -> delivered -> read, and failed from any state
+    that is not final (read and failed are final). Reports that arrive late or twice (webhooks
+    are retried and reordered) are ignored with changed=false, not errors. Identify the message
+    by message_id, or by channel + channel_message_id once the provider id is recorded."""
+    async with crm.tx() as conn:
+        if args.message_id is not None:
+            from .customers import parse_uuid
+
+            mid = parse_uuid(args.message_id, "message_id", "send_response's parts or get_conversation")
+            row = await conn.fetchrow("SELECT * FROM messages WHERE id = $1 FOR UPDATE", mid)
+        else:
+            row = await conn.fetchrow(
+                "SELECT * FROM messages WHERE channel = $1 AND channel_message_id = $2 FOR UPDATE",
+                args.channel, args.channel_message_id)
+        if row is None:
+            raise NotFound("No such message.", hint="Use the message_id from send_response, or the channel id recorded for it.")
+        if row["direction"] != "outbound" or row["delivery_status"] is None:
+            raise UserError("Only outbound replies have a delivery status; this is an inbound or system message.")
+        if args.message_id is not None and args.channel_message_id is not None:
+            if row["channel_message_id"] not in (None, args.channel_message_id):
+                raise Conflict("This message already has a different channel_message_id recorded.")
+            if row["channel_message_id"] is None:
+                await conn.execute("UPDATE messages SET channel_message_id = $2 WHERE id = $1", row["id"], args.channel_message_id)
+        current = row["delivery_status"]
+        new = args.status
+        forward = (new == "failed" and current not in FINAL) or (
+            new != "failed" and current != "failed" and DELIVERY_RANK[new] > DELIVERY_RANK[current])
+        if not forward:
+            return DeliveryResult(message_id=str(row["id"]), delivery_status=current, changed=False,
+                                  note=f"Ignored: the message is already {current}.")
+        await conn.execute(
+            "UPDATE messages SET delivery_status = $2, delivery_error = $3, delivery_updated_at = now() WHERE id = $1",
+            row["id"], new, strip_control_chars(args.error) if args.error else None)
+    return DeliveryResult(message_id=str(row["id"]), delivery_status=new, changed=True)
+
+
+async def claim_outbox(pool: asyncpg.Pool, channel: str, limit: int = 10) -> list[asyncpg.Record]:
+    """For bridges: pending outbound messages of a channel, oldest first, locked so that two bridge
+    processes never deliver the same message. The caller delivers, then reports the status
+    (update_delivery_status); a message whose report never comes stays pending and is offered again."""
+    async with pool.acquire() as conn, conn.transaction():
+        return await conn.fetch(
+            """SELECT m.id, m.channel, m.content, m.thread_ref, m.metadata, m.conversation_id
+               FROM messages m WHERE m.channel = $1 AND m.delivery_status = 'pending'
+               ORDER BY m.created_at, (m.metadata->>'part')::int LIMIT $2 FOR UPDATE SKIP LOCKED""", channel, limit)
+
+
+# get_conversation -------------------------------------------------------------------------------
+
+
+class GetConversationInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    conversation_id: str = Field(max_length=64, description="Conversation UUID (from ingest_message or get_customer_history).")
+    limit: int = Field(default=20, ge=1, le=100, description="Messages per page (1-100).")
+    cursor: str | None = Field(default=None, max_length=500, description="next_cursor from the previous page.")
+
+
+class ConversationMessage(Out):
+    message_id: str
+    at: datetime
+    channel: Channel
+    direction: str
+    role: str
+    content: str = Field(description="Customer-written text is wrapped in <untrusted-customer-content> tags.")
+    subject: str | None
+    delivery_status: str | None
+    sentiment: float | None
+
+
+class GetConversationResult(Out):
+    conversation_id: str
+    customer_id: str
+    status: str
+    initial_channel: Channel
+    current_channel: Channel
+    channel_switches: list[dict[str, Any]]
+    sentiment: float | None
+    started_at: datetime
+    last_activity_at: datetime
+    ticket_numbers: list[str]
+    messages: list[ConversationMessage] = Field(description="Oldest first.")
+    next_cursor: str | None
+
+
+@crm_tool(name="get_conversation", title="Get conversation", toolset="conversations", read_only=True, destructive=False, idempotent=True)
+async def get_conversation(crm: Crm, args: GetConversationInput) -> GetConversationResult:
+    """Read one conversation's messages in order (oldest first), across every channel it used,
+    with direction, role (customer, agent, human, system), delivery status and sentiment.
+
+    Pages of `limit` messages; pass next_cursor for the next page. For everything a customer
+    ever sent use get_customer_history; for a ticket's status and notes use get_ticket."""
+    from .customers import parse_uuid
+
+    cid = parse_uuid(args.conversation_id, "conversation_id", "get_customer_history")
+    params: list[Any] = [cid, args.limit + 1]
+    cond = ""
+    if args.cursor:
+        c = decode_cursor(args.cursor, ("t", "i"))
+        try:
+            params += [datetime.fromisoformat(str(c["t"])), uuid.UUID(str(c["i"]))]
+        except (TypeError, ValueError):
+            raise UserError("cursor is not valid.", hint="Pass next_cursor unchanged.") from None
+        cond = "AND (created_at, id) > ($3, $4)"
+    async with crm.pool.acquire() as conn:
+        conv = await conn.fetchrow("SELECT * FROM conversations WHERE id = $1", cid)
+        if conv is None:
+            raise NotFound(f"No conversation {cid}.", hint="Use get_customer_history to find conversation ids.")
+        rows = await conn.fetch(
+            f"SELECT * FROM messages WHERE conversation_id = $1 {cond} ORDER BY created_at, id LIMIT $2", *params)
+        tickets = [r["ticket_number"] for r in await conn.fetch(
+            "SELECT ticket_number FROM tickets WHERE conversation_id = $1 ORDER BY created_at", cid)]
+    more = len(rows) > args.limit
+    rows = rows[: args.limit]
+    msgs = [
+        ConversationMessage(
+            message_id=str(r["id"]), at=r["created_at"], channel=r["channel"], direction=r["direction"], role=r["role"],
+            content=untrusted(r["content"], source=r["channel"]) if r["role"] == "customer" else r["content"],
+            subject=untrusted(r["subject"], source=r["channel"]) if r["subject"] and r["role"] == "customer" else r["subject"],
+            delivery_status=r["delivery_status"], sentiment=r["sentiment"])
+        for r in rows
+    ]
+    nxt = encode_cursor({"t": rows[-1]["created_at"].isoformat(), "i": str(rows[-1]["id"])}) if more and rows else None
+    return GetConversationResult(
+        conversation_id=str(cid), customer_id=str(conv["customer_id"]), status=conv["status"],
+        initial_channel=conv["initial_channel"], current_channel=conv["current_channel"],
+        channel_switches=conv["channel_switches"], sentiment=conv["sentiment"], started_at=conv["started_at"],
+        last_activity_at=conv["last_activity_at"], ticket_numbers=tickets, messages=msgs, next_cursor=nxt)
