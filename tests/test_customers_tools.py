@@ -71,3 +71,39 @@ async def test_identity_owned_by_another_customer_is_refused(client) -> None:
     assert ok["customer"]["customer_id"] == a["customer"]["customer_id"]
     err = await call_error(client, "upsert_customer", email="two@example.com", phone="+1 202 555 0100")
     assert "2 different customers" in err and "merge_customers" in err
+
+
+async def test_merge_customers_moves_everything_and_is_audited(client) -> None:
+    a = await call(client, "ingest_message", channel="email", channel_message_id="m-a", sender={"email": "pat@example.com", "name": "Pat"},
+                   content="How do I change my card?")
+    b = await call(client, "ingest_message", channel="whatsapp", channel_message_id="m-b", sender={"whatsapp": "+12025550199"},
+                   content="hi it's Pat again, card question")
+    pa, pb = a["customer"]["customer_id"], b["customer"]["customer_id"]
+    assert pa != pb
+    merged = await call(client, "merge_customers", primary_id=pa, duplicate_id=pb, reason="same person on WhatsApp")
+    assert merged["moved"]["identities"] == 1 and merged["moved"]["messages"] == 1 and merged["moved"]["tickets"] == 1
+    kinds = {i["kind"] for i in merged["customer"]["identities"]}
+    assert kinds == {"email", "whatsapp"}
+    assert merged["customer"]["total_interactions"] == 2
+    again = await call(client, "merge_customers", primary_id=pa, duplicate_id=pb)
+    assert again["already_merged"] is True
+    found = await call(client, "find_customer", query="whatsapp:+12025550199")
+    assert found["matches"][0]["customer_id"] == pa
+    hist = await call(client, "get_customer_history", customer_id=pa, limit=3)
+    assert len(hist["events"]) == 3 and hist["next_cursor"]
+    rest = await call(client, "get_customer_history", customer_id=pa, limit=50, cursor=hist["next_cursor"])
+    kinds = [e["kind"] for e in hist["events"] + rest["events"]]
+    assert kinds.count("message") == 2 and kinds.count("ticket") == 2 and kinds.count("conversation") == 2
+    wa = await call(client, "get_customer_history", customer_id=pa, channel="whatsapp")
+    assert {e["channel"] for e in wa["events"]} == {"whatsapp"}
+    msg = next(e for e in wa["events"] if e["kind"] == "message")
+    assert msg["text"].startswith("<untrusted-customer-content")
+
+
+async def test_merge_refuses_conflicting_verified_identities(client) -> None:
+    a = await call(client, "upsert_customer", email="x1@example.com", verified=True)
+    b = await call(client, "upsert_customer", email="x2@example.com", verified=True)
+    err = await call_error(client, "merge_customers", primary_id=a["customer"]["customer_id"], duplicate_id=b["customer"]["customer_id"])
+    assert "verified email" in err
+    assert "same customer" in await call_error(client, "merge_customers", primary_id=a["customer"]["customer_id"],
+                                                duplicate_id=a["customer"]["customer_id"])

@@ -4,6 +4,7 @@ get_customer_history live in customer_ops.py)."""
 from __future__ import annotations
 
 import re
+from datetime import datetime
 import uuid
 from typing import Any, Literal
 
@@ -356,3 +357,212 @@ async def _upsert_once(crm: Crm, args: UpsertCustomerInput, wanted: list[tuple[s
                 linked.append(Identity(kind=kind, value=value, verified=args.verified))  # type: ignore[arg-type]
         [summary] = await load_summaries(conn, [cid])
     return UpsertCustomerResult(created=created, updated_fields=[] if created else updated, linked_identities=linked, customer=summary)
+
+
+# merge_customers ------------------------------------------------------------------------------
+
+
+class MergeCustomersInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    primary_id: str = Field(max_length=64, description="UUID of the customer record to keep.")
+    duplicate_id: str = Field(max_length=64, description="UUID of the duplicate record to fold into the primary.")
+    reason: str | None = Field(default=None, max_length=500, description="Why they are the same person (kept in the audit record).")
+    merged_by: str | None = Field(default=None, max_length=200, description="Who decided the merge (audit).")
+
+
+class MergeCustomersResult(Out):
+    already_merged: bool = Field(description="True when the duplicate had already been merged into the primary: nothing changed.")
+    moved: dict[str, int] = Field(description="Rows re-pointed from the duplicate to the primary, per table.")
+    customer: CustomerSummary
+
+
+# Each statement re-points one table; the counts go to the audit record.
+_MOVES = (
+    ("identities", "UPDATE customer_identifiers SET customer_id = $1 WHERE customer_id = $2"),
+    ("conversations", "UPDATE conversations SET customer_id = $1 WHERE customer_id = $2"),
+    ("messages", "UPDATE messages SET customer_id = $1 WHERE customer_id = $2"),
+    ("tickets", "UPDATE tickets SET customer_id = $1 WHERE customer_id = $2"),
+    ("orders", "UPDATE orders SET customer_id = $1 WHERE customer_id = $2"),
+    ("feedback", "UPDATE feedback SET customer_id = $1 WHERE customer_id = $2"),
+    ("agent_actions", "UPDATE agent_actions SET customer_id = $1 WHERE customer_id = $2"),
+    ("sentiment_history", "UPDATE customer_sentiment SET customer_id = $1 WHERE customer_id = $2"),
+    ("preferences", """INSERT INTO customer_preferences (customer_id, key, value, confidence, learned_from)
+                       SELECT $1, key, value, confidence, learned_from FROM customer_preferences WHERE customer_id = $2
+                       ON CONFLICT (customer_id, key) DO NOTHING"""),
+)
+
+
+def _count(status: str) -> int:
+    parts = status.split()
+    return int(parts[-1]) if parts and parts[-1].isdigit() else 0
+
+
+@crm_tool(name="merge_customers", title="Merge duplicate customers", toolset="customers", read_only=False, destructive=True, idempotent=True)
+async def merge_customers(crm: Crm, args: MergeCustomersInput) -> MergeCustomersResult:
+    """Fold a duplicate customer record into the primary one, in one transaction: identities,
+    conversations, messages, tickets, orders, feedback and history move to the primary, counts
+    and sentiment are combined, the duplicate is marked merged_into the primary, and an audit
+    record is kept. Destructive: the duplicate stops being a separate customer.
+
+    Use when find_customer or ingest_message (identity_conflicts) shows one person under two
+    records. Refused when both records hold verified identities of the same kind with different
+    values (for example two verified emails), since that suggests two real people. If both have
+    an open conversation, the duplicate's is closed (its tickets stay open, now under the
+    primary). Repeating a finished merge changes nothing."""
+    p = parse_uuid(args.primary_id, "primary_id", "find_customer")
+    d = parse_uuid(args.duplicate_id, "duplicate_id", "find_customer")
+    if p == d:
+        raise UserError("primary_id and duplicate_id are the same customer.")
+    async with crm.tx() as conn:
+        rows = {r["id"]: r for r in await conn.fetch(
+            "SELECT * FROM customers WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE", [p, d])}
+        for cid, label in ((p, "primary_id"), (d, "duplicate_id")):
+            if cid not in rows:
+                raise NotFound(f"No customer with {label} {cid}.", hint="Use find_customer to look both records up.")
+        if rows[d]["merged_into"] == p:
+            [summary] = await load_summaries(conn, [p])
+            return MergeCustomersResult(already_merged=True, moved={}, customer=summary)
+        if rows[d]["merged_into"] is not None or rows[p]["merged_into"] is not None:
+            raise Conflict("One of these customers was already merged into another record.",
+                           hint="Use the record named in merged_into (find_customer shows it).")
+        clash = await conn.fetch(
+            """SELECT a.kind FROM customer_identifiers a JOIN customer_identifiers b ON a.kind = b.kind
+               WHERE a.customer_id = $1 AND b.customer_id = $2 AND a.verified AND b.verified AND a.value <> b.value""", p, d)
+        if clash:
+            kinds = sorted({r["kind"] for r in clash})
+            raise Conflict(
+                f"Both customers have different verified {', '.join(kinds)} identities; refusing to merge what may be two people.",
+                hint="Check with the customer; if they really are one person, un-verify one identity first.")
+        # One open conversation per customer: close the duplicate's if both have one.
+        await conn.execute(
+            """UPDATE conversations SET status = 'closed', ended_at = now(), resolution_type = 'abandoned',
+                      metadata = metadata || '{"closed_by": "merge_customers"}'
+               WHERE customer_id = $2 AND status <> 'closed'
+                 AND EXISTS (SELECT 1 FROM conversations WHERE customer_id = $1 AND status <> 'closed')""", p, d)
+        moved: dict[str, int] = {}
+        for label, sql in _MOVES:
+            moved[label] = _count(await conn.execute(sql, p, d))
+        await conn.execute("DELETE FROM customer_preferences WHERE customer_id = $1", d)
+        dup = rows[d]
+        await conn.execute(
+            """UPDATE customers SET
+                   name = coalesce(name, $2), company = coalesce(company, $3),
+                   total_interactions = total_interactions + $4,
+                   first_contact_at = least(first_contact_at, $5), last_contact_at = greatest(last_contact_at, $6),
+                   sentiment_avg = (SELECT avg(score) FROM customer_sentiment WHERE customer_id = $1)
+               WHERE id = $1""", p, dup["name"], dup["company"], dup["total_interactions"], dup["first_contact_at"], dup["last_contact_at"])
+        await conn.execute(
+            "UPDATE customers SET merged_into = $1, total_interactions = 0, sentiment_avg = NULL WHERE id = $2", p, d)
+        await conn.execute(
+            "INSERT INTO customer_merges (primary_id, duplicate_id, moved, reason, merged_by) VALUES ($1, $2, $3, $4, $5)",
+            p, d, moved, args.reason, args.merged_by)
+        [summary] = await load_summaries(conn, [p])
+    return MergeCustomersResult(already_merged=False, moved=moved, customer=summary)
+
+
+# get_customer_history -------------------------------------------------------------------------
+
+
+class HistoryInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    customer_id: str = Field(max_length=64, description="Customer UUID (find_customer gives it).")
+    channel: Literal["email", "whatsapp", "web_form"] | None = Field(default=None, description="Only events on this channel.")
+    since: datetime | None = Field(default=None, description="Only events at or after this time (ISO 8601 with time zone).")
+    until: datetime | None = Field(default=None, description="Only events before this time.")
+    limit: int = Field(default=20, ge=1, le=100, description="Events per page (1-100).")
+    cursor: str | None = Field(default=None, max_length=500, description="next_cursor from the previous page.")
+    response_format: Literal["concise", "detailed"] = Field(
+        default="concise", description="'concise' trims message text to 200 characters; 'detailed' gives up to 4,000 plus sentiment and delivery status."
+    )
+
+
+class HistoryEvent(Out):
+    kind: Literal["message", "ticket", "conversation"]
+    at: datetime
+    channel: str
+    ref: str = Field(description="Message id, ticket number or conversation id.")
+    conversation_id: str | None
+    ticket_number: str | None
+    direction: str | None = None
+    role: str | None = None
+    status: str | None = None
+    text: str | None = Field(default=None, description="Message text or ticket subject; customer-written text is wrapped as untrusted.")
+    sentiment: float | None = None
+    delivery_status: str | None = None
+
+
+class HistoryResult(Out):
+    customer: CustomerSummary
+    events: list[HistoryEvent] = Field(description="Newest first.")
+    next_cursor: str | None
+
+
+HISTORY_SQL = """
+SELECT * FROM (
+    SELECT 'message' AS kind, m.created_at AS at, m.id::text AS ref, m.channel, m.conversation_id, t.ticket_number,
+           m.direction, m.role, NULL AS status, m.content AS text, m.sentiment, m.delivery_status
+    FROM messages m LEFT JOIN tickets t ON t.id = m.ticket_id WHERE m.customer_id = $1
+    UNION ALL
+    SELECT 'ticket', t.created_at, t.ticket_number, t.source_channel, t.conversation_id, t.ticket_number,
+           NULL, NULL, t.status, t.subject, NULL, NULL
+    FROM tickets t WHERE t.customer_id = $1
+    UNION ALL
+    SELECT 'conversation', v.started_at, v.id::text, v.initial_channel, v.id, NULL,
+           NULL, NULL, v.status, NULL, v.sentiment, NULL
+    FROM conversations v WHERE v.customer_id = $1
+) e
+WHERE ($2::text IS NULL OR e.channel = $2)
+  AND ($3::timestamptz IS NULL OR e.at >= $3)
+  AND ($4::timestamptz IS NULL OR e.at < $4)
+  AND ($5::timestamptz IS NULL OR (e.at, e.kind, e.ref) < ($5, $6, $7))
+ORDER BY e.at DESC, e.kind DESC, e.ref DESC
+LIMIT $8
+"""
+
+
+@crm_tool(name="get_customer_history", title="Customer history", toolset="customers", read_only=True, destructive=False, idempotent=True)
+async def get_customer_history(crm: Crm, args: HistoryInput) -> HistoryResult:
+    """One timeline of everything with a customer across all channels, newest first:
+    conversations started, every message in and out, tickets opened (with current status).
+
+    Filter by channel and time range; page with limit and next_cursor. 'concise' (default)
+    trims message text; 'detailed' adds sentiment and delivery status. Use find_customer first
+    to get the customer_id; use get_conversation to read one conversation in order."""
+    from .formatting import untrusted
+    from .tickets import decode_cursor, encode_cursor
+
+    cur_at = cur_kind = cur_ref = None
+    if args.cursor:
+        c = decode_cursor(args.cursor, ("t", "k", "r"))
+        try:
+            cur_at, cur_kind, cur_ref = datetime.fromisoformat(str(c["t"])), str(c["k"]), str(c["r"])
+        except (TypeError, ValueError):
+            raise UserError("cursor is not valid.", hint="Pass next_cursor unchanged.") from None
+    if args.since and args.until and args.since >= args.until:
+        raise UserError("since must be earlier than until.")
+    detailed = args.response_format == "detailed"
+    cap = 4000 if detailed else 200
+    async with crm.pool.acquire() as conn:
+        cid = await require_customer(conn, args.customer_id)
+        [summary] = await load_summaries(conn, [cid])
+        rows = await conn.fetch(HISTORY_SQL, cid, args.channel, args.since, args.until, cur_at, cur_kind, cur_ref, args.limit + 1)
+    more = len(rows) > args.limit
+    rows = rows[: args.limit]
+    events = []
+    for r in rows:
+        text = r["text"]
+        if text is not None:
+            if len(text) > cap:
+                text = text[:cap] + "…"
+            if r["kind"] == "ticket" or r["role"] == "customer":
+                text = untrusted(text, source=r["channel"])
+        events.append(HistoryEvent(
+            kind=r["kind"], at=r["at"], channel=r["channel"], ref=r["ref"],
+            conversation_id=str(r["conversation_id"]) if r["conversation_id"] else None,
+            ticket_number=r["ticket_number"], direction=r["direction"], role=r["role"], status=r["status"], text=text,
+            sentiment=r["sentiment"] if detailed else None, delivery_status=r["delivery_status"] if detailed else None))
+    nxt = None
+    if more and rows:
+        last = rows[-1]
+        nxt = encode_cursor({"t": last["at"].isoformat(), "k": last["kind"], "r": last["ref"]})
+    return HistoryResult(customer=summary, events=events, next_cursor=nxt)
