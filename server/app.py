@@ -89,12 +89,12 @@ async def prepare_database(settings: Settings) -> str:
 
 
 @asynccontextmanager
-async def open_crm(settings: Settings) -> AsyncIterator[Crm]:
+async def open_crm(settings: Settings, *, check_embeddings: bool = True, background: bool = True) -> AsyncIterator[Crm]:
     dsn = await prepare_database(settings)
     pool = await create_pool(settings, dsn)
     crm = Crm(settings=settings, pool=pool)
     try:
-        await catalog.startup(crm)
+        await catalog.startup(crm, check_embeddings=check_embeddings, background=background)
         yield crm
     finally:
         await catalog.shutdown(crm)

@@ -43,6 +43,19 @@ def build_parser() -> argparse.ArgumentParser:
     seed = sub.add_parser("seed-demo", help="load the demo data set (customers, conversations, tickets, knowledge base)")
     _common(seed)
 
+    kb = sub.add_parser("kb", help="knowledge base: import Markdown, reindex embeddings, search")
+    kbsub = kb.add_subparsers(dest="kb_command", required=True)
+    imp = kbsub.add_parser("import", help="import a folder of Markdown articles (idempotent by path and content hash)")
+    _common(imp)
+    imp.add_argument("path", help="folder of .md files; the first '# ' heading is the title, the folder (or front matter) the category")
+    rei = kbsub.add_parser("reindex", help="re-embed every article and product with the configured embedder (resumable)")
+    _common(rei)
+    srch = kbsub.add_parser("search", help="search the knowledge base from the terminal")
+    _common(srch)
+    srch.add_argument("query")
+    srch.add_argument("--limit", type=int, default=5)
+    srch.add_argument("--category")
+
     db = sub.add_parser("db", help="database utilities")
     dbsub = db.add_subparsers(dest="db_command", required=True)
     st = dbsub.add_parser("status", help="where the data is, schema versions and row counts")
@@ -80,6 +93,8 @@ def main(argv: list[str] | None = None) -> None:
             anyio.run(_migrate, settings)
         elif ns.command == "seed-demo":
             anyio.run(_seed, settings)
+        elif ns.command == "kb":
+            anyio.run(_kb, settings, ns)
         elif ns.command == "db" and ns.db_command == "status":
             anyio.run(_status, settings)
         elif ns.command == "db" and ns.db_command == "stop":
@@ -92,7 +107,8 @@ def main(argv: list[str] | None = None) -> None:
         from .db import DatabaseUnavailable
         from .migrate import MigrationError
 
-        if isinstance(exc, (DatabaseUnavailable, MigrationError)):
+        if isinstance(exc, (DatabaseUnavailable, MigrationError)) or type(exc).__name__ in (
+                "EmbeddingSpaceMismatch", "EmbeddingConfigError", "EmbeddingProviderError"):
             print(f"crm-mcp: {exc}", file=sys.stderr)
             raise SystemExit(1) from None
         raise
@@ -119,6 +135,33 @@ async def _seed(settings: Settings) -> None:
     async with open_crm(settings) as crm:
         summary = await load_demo(crm)
     print(json.dumps(summary, indent=2))
+
+
+async def _kb(settings: Settings, ns: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from crm_mcp.tools import knowledge
+
+    from .app import open_crm
+
+    if ns.kb_command == "import" and not Path(ns.path).is_dir():
+        raise SystemExit(f"crm-mcp: {ns.path} is not a folder")
+    # reindex must be able to start while the stored vectors belong to another embedder
+    async with open_crm(settings, check_embeddings=ns.kb_command != "reindex", background=False) as crm:
+        if ns.kb_command == "import":
+            counts = await knowledge.import_folder(crm, Path(ns.path), progress=sys.stderr.isatty())
+            print(json.dumps(counts))
+        elif ns.kb_command == "reindex":
+            print(json.dumps(await knowledge.reindex(crm, progress=sys.stderr.isatty())))
+        else:
+            res = await knowledge.search_knowledge_base(
+                crm, knowledge.SearchKbInput(query=ns.query, limit=ns.limit, category=ns.category))
+            for i, r in enumerate(res.results, 1):
+                sim = "-" if r.similarity is None else f"{r.similarity:.2f}"
+                print(f"{i}. [{r.relevance}] {r.title}  ({r.category}; similarity {sim}; {'+'.join(r.matched_by)})")
+                print(f"   {r.snippet[:160]}")
+            if res.nothing_relevant:
+                print("Nothing relevant found.")
 
 
 async def _status(settings: Settings) -> None:

@@ -33,7 +33,11 @@ async def _sla_loop(crm: Crm) -> None:
         await anyio.sleep(crm.settings.sla_check_interval_s)
 
 
-async def startup(crm: Crm) -> None:
+async def startup(crm: Crm, *, check_embeddings: bool = True, background: bool = True) -> None:
+    if check_embeddings:
+        pass  # knowledge.check_embedding_space(crm) once embeddings land
+    if not background:
+        return
     tg = anyio.create_task_group()
     await tg.__aenter__()
     tg.start_soon(_sla_loop, crm)
