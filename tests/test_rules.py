@@ -420,6 +420,7 @@ def test_priority_vocabulary():
         "My solicitor has the details",
         "We will sue you",
         "I'll sue",
+        "We'll sue you",
         "I'm going to sue your company",
         "We are suing",
         "Expect a lawsuit",
@@ -655,3 +656,61 @@ def test_speed_2kb_message():
     per_call = (time.perf_counter() - t) / n
     # Generous bound for slow CI machines; typical numbers are in the module report.
     assert per_call < 0.02
+
+
+# ------------------------------------------------------------------ the fast matcher is exact
+
+import re  # noqa: E402
+
+from crm_mcp.tools import rules as _rules  # noqa: E402
+
+ALL_PATTERNS = (
+    [(name, p) for _, rs in CATEGORY_RULES for name, p in rs]
+    + list(_rules._CRITICAL_RULES)
+    + list(_rules._HIGH_RULES)
+    + [("legal", _rules._LEGAL), ("refund", _rules._REFUND), ("human", _rules._HUMAN), ("thanks", _rules._THANKS)]
+)
+_VOCAB = sorted(
+    {w for _, p in ALL_PATTERNS for w in re.findall(r"[a-z0-9']+", p.source.replace(r"\s", " ").replace(r"\b", " "))}
+    | {w for text, *_ in CATEGORY_CASES for w in text.lower().split()}
+)
+_SEPARATORS = [" ", " ", " ", "  ", "\n", ", ", ". ", "'", "-", "’", "é", "_", "(", "«", "#", "5", "00"]
+_MIXED = st.lists(
+    st.one_of(st.sampled_from(_VOCAB), st.sampled_from(_SEPARATORS), st.text(max_size=3)), max_size=60
+).map("".join)
+
+
+def _plain(p, text):
+    return re.search(p.source, text) is not None
+
+
+@settings(max_examples=600, deadline=None)
+@given(_MIXED)
+def test_prefiltered_matching_equals_plain_regex(text):
+    t = _rules._prepare(text)
+    for name, p in ALL_PATTERNS:
+        assert (p.search(t) is not None) == _plain(p, t.text), (name, text)
+
+
+@pytest.mark.parametrize("text", [c[0] for c in CATEGORY_CASES] + ["I'll sue", "won't load", "HTTP 503", "2-step verification"])
+def test_prefiltered_matching_equals_plain_regex_examples(text):
+    t = _rules._prepare(text)
+    for name, p in ALL_PATTERNS:
+        assert (p.search(t) is not None) == _plain(p, t.text), (name, text)
+
+
+def test_every_regex_has_a_literal_prefix():
+    """Guards the speed property: re can skip to candidate positions (see _Pattern)."""
+    parser = pytest.importorskip("re._parser")
+    compiler = pytest.importorskip("re._compiler")
+    for name, p in ALL_PATTERNS:
+        for regex, _ in p.compiled:
+            tree = parser.parse(regex.pattern)
+            prefix = compiler._get_literal_prefix(tree, 0)[0]
+            assert prefix or compiler._get_charset_prefix(tree, 0), (name, regex.pattern)
+
+
+def test_patterns_are_lower_case():
+    for name, p in ALL_PATTERNS:
+        # upper-case letters may only appear in escapes such as \S, \W, \D (none are used)
+        assert re.sub(r"\\[a-zA-Z]", "", p.source) == re.sub(r"\\[a-zA-Z]", "", p.source).lower(), name

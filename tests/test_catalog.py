@@ -1,0 +1,114 @@
+"""The tool catalog as clients see it: annotations on every tool, structured output schemas,
+read-only mode and toolsets, a schema snapshot so an accidental contract change fails CI, and
+clean shutdown of the stdio server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import REPO, mcp_client, server_env
+
+pytestmark = pytest.mark.anyio
+SNAPSHOT = Path(__file__).parent / "snapshots" / "tools.json"
+
+
+def _contract(tools: list) -> dict:
+    return {
+        t.name: {
+            "title": t.title,
+            "annotations": t.annotations.model_dump(by_alias=True, exclude_none=True),
+            "inputSchema": t.input_schema,
+            "outputSchema": t.output_schema,
+        }
+        for t in tools
+    }
+
+
+async def test_every_tool_is_annotated_described_and_structured(db_dsn: str, mode: str) -> None:
+    async with mcp_client(db_dsn, mode=mode) as client:
+        tools = (await client.list_tools()).tools
+    assert 10 <= len(tools) <= 25
+    for t in tools:
+        a = t.annotations
+        assert a is not None, t.name
+        for hint in (a.read_only_hint, a.destructive_hint, a.idempotent_hint, a.open_world_hint):
+            assert hint is not None, f"{t.name} misses an annotation"
+        assert len(t.description or "") >= 120, f"{t.name}: description too thin"
+        assert t.output_schema and t.output_schema.get("type") == "object", t.name
+        props = t.input_schema.get("properties", {})
+        for pname, p in props.items():
+            assert p.get("description"), f"{t.name}.{pname} has no description"
+    names = [t.name for t in tools]
+    assert all(n.count("_") >= 1 and n == n.lower() for n in names)  # verb_noun
+
+
+async def test_schema_snapshot(db_dsn: str) -> None:
+    async with mcp_client(db_dsn) as client:
+        current = _contract((await client.list_tools()).tools)
+    order = list(current)
+    if os.environ.get("CRM_UPDATE_SNAPSHOTS") == "1" or not SNAPSHOT.exists():
+        SNAPSHOT.write_text(json.dumps({"order": order, "tools": current}, indent=1, sort_keys=True) + "\n")
+    snap = json.loads(SNAPSHOT.read_text())
+    expected = snap["tools"]
+    assert order == snap["order"], "tools/list order changed (update the snapshot with CRM_UPDATE_SNAPSHOTS=1 if intended)"
+    for name in expected:
+        assert name in current, f"tool {name} disappeared (update the snapshot with CRM_UPDATE_SNAPSHOTS=1 if intended)"
+        assert current[name] == expected[name], (
+            f"the contract of {name} changed; if intended, rerun with CRM_UPDATE_SNAPSHOTS=1 and commit tests/snapshots/tools.json")
+    assert set(current) == set(expected), "new tools: update the snapshot with CRM_UPDATE_SNAPSHOTS=1"
+
+
+async def test_read_only_mode_wins_over_toolsets(db_dsn: str) -> None:
+    async with mcp_client(db_dsn, "--read-only", "--toolsets", "customers,tickets") as client:
+        tools = (await client.list_tools()).tools
+        names = {t.name for t in tools}
+        assert "find_customer" in names and "list_tickets" in names
+        assert all(t.annotations.read_only_hint for t in tools)
+        assert "upsert_customer" not in names and "ingest_message" not in names
+        res = await client.call_tool("upsert_customer", {"email": "a@example.com"})
+        assert res.is_error
+    async with mcp_client(db_dsn, CRM_TOOLSETS="tickets") as client:
+        names = {t.name for t in (await client.list_tools()).tools}
+        assert names and all(n in {"create_ticket", "get_ticket", "list_tickets", "update_ticket", "escalate_to_human"} for n in names)
+
+
+def _wait(proc: subprocess.Popen, timeout: float) -> int | None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return proc.returncode
+        time.sleep(0.05)
+    return None
+
+
+@pytest.mark.parametrize("how", ["stdin-closed", "SIGTERM", "SIGINT"])
+async def test_stdio_server_shuts_down_cleanly(db_dsn: str, how: str) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "crm_mcp.server.cli", "serve"], env=server_env(db_dsn, CRM_LOG_LEVEL="INFO"),
+                            cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}}
+        assert proc.stdin and proc.stdout
+        proc.stdin.write((json.dumps(init) + "\n").encode())
+        proc.stdin.flush()
+        line = proc.stdout.readline()
+        assert json.loads(line)["id"] == 1  # the first and only thing on stdout is MCP
+        if how == "stdin-closed":
+            proc.stdin.close()
+        else:
+            proc.send_signal(getattr(signal, how))
+        code = _wait(proc, 15)
+        assert code == 0, proc.stderr.read().decode()[-2000:] if proc.stderr else code
+        assert proc.stdout.read() == b""  # nothing but MCP ever went to stdout
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
