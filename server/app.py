@@ -16,6 +16,8 @@ import anyio
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.transport_security import TransportSecuritySettings
+from mcp.shared.exceptions import MCPError
+from mcp_types import INVALID_PARAMS
 from pydantic import ValidationError
 
 from crm_mcp.tools import catalog
@@ -51,6 +53,19 @@ class CrmServer(MCPServer[Any]):
             if isinstance(exc.__cause__, ValidationError):
                 raise UserError(format_validation_error(name, exc.__cause__)) from None
             raise
+
+    async def get_prompt(self, name: str, arguments: dict[str, Any] | None = None, context: Any = None) -> Any:
+        # The SDK raises ValueError for an unknown prompt name or a missing required argument, which
+        # goes out as -32603 Internal error (masked as "Internal server error" on the 2026-07-28 wire,
+        # with a traceback in our log). The spec's answer to both is -32602 Invalid params.
+        prompt = next((p for p in await self.list_prompts() if p.name == name), None)
+        if prompt is None:
+            raise MCPError(code=INVALID_PARAMS, message=f"Unknown prompt: {name}")
+        given = arguments or {}
+        missing = [a.name for a in prompt.arguments or [] if a.required and a.name not in given]
+        if missing:
+            raise MCPError(code=INVALID_PARAMS, message=f"Missing required arguments: {', '.join(missing)}")
+        return await super().get_prompt(name, arguments, context)
 
 
 def build_server(crm: Crm) -> CrmServer:
