@@ -29,6 +29,7 @@ from . import __version__
 from .config import Settings
 from .db import connect_once, create_pool, resolve_dsn
 from .migrate import migrate
+from .stdio import run_stdio
 
 log = logging.getLogger("crm_mcp")
 
@@ -135,7 +136,7 @@ async def serve_stdio(settings: Settings, demo: bool = False) -> None:
         log.info("crm-mcp %s serving MCP over stdio", __version__)
         async with anyio.create_task_group() as tg:
             tg.start_soon(_watch_signals, tg.cancel_scope)
-            await server.run_stdio_async()  # returns when stdin closes
+            await run_stdio(server)  # returns when stdin closes; cancellable by the signal watcher
             tg.cancel_scope.cancel()
 
 
