@@ -113,9 +113,14 @@ async def open_crm(settings: Settings, *, check_embeddings: bool = True, backgro
         await catalog.startup(crm, check_embeddings=check_embeddings, background=background)
         yield crm
     finally:
-        await catalog.shutdown(crm)
         with anyio.CancelScope(shield=True):
-            await pool.close()
+            await catalog.shutdown(crm)
+            # A backend that stopped answering would block a graceful close forever.
+            with anyio.move_on_after(5) as waited:
+                await pool.close()
+            if waited.cancelled_caught:
+                log.warning("database connections did not close in 5 s; terminating them")
+                pool.terminate()
 
 
 async def _watch_signals(scope: anyio.CancelScope) -> None:

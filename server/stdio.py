@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+
 import os
 import stat
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 from mcp.server.stdio import stdio_server
 
 log = logging.getLogger(__name__)
@@ -22,7 +24,10 @@ LINE_LIMIT = 64 * 1024 * 1024  # one JSON-RPC message per line; larger lines are
 
 
 class _PipeLines:
-    """Async iterator of text lines from fd 0, read without threads."""
+    """Async iterator of text lines from fd 0, read without threads. `closed` is set at EOF."""
+
+    def __init__(self) -> None:
+        self.closed = anyio.Event()
 
     def __aiter__(self) -> AsyncIterator[str]:
         return self._lines()
@@ -53,6 +58,7 @@ class _PipeLines:
                 yield line.decode("utf-8", errors="replace")
         finally:
             transport.close()
+            self.closed.set()
 
 
 def _stdin_is_pipe() -> bool:
@@ -63,9 +69,27 @@ def _stdin_is_pipe() -> bool:
     return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode)
 
 
-async def run_stdio(server: Any) -> None:
-    """Serve an MCPServer over stdio until stdin closes or the task is cancelled."""
+async def run_stdio(server: Any, *, grace_s: float = 2.0) -> None:
+    """Serve an MCPServer over stdio until stdin closes or the task is cancelled.
+
+    When the client goes away (EOF on stdin), calls still in flight get `grace_s` seconds to
+    finish, then are cancelled: a vanished client must not keep the server running."""
     stdin = _PipeLines() if _stdin_is_pipe() else None
-    async with stdio_server(stdin=stdin) as (read_stream, write_stream):  # type: ignore[arg-type]
-        low = server._lowlevel_server
-        await low.run(read_stream, write_stream, low.create_initialization_options())
+    async with anyio.create_task_group() as tg:
+
+        async def serve() -> None:
+            async with stdio_server(stdin=stdin) as (read_stream, write_stream):  # type: ignore[arg-type]
+                low = server._lowlevel_server
+                await low.run(read_stream, write_stream, low.create_initialization_options())
+            tg.cancel_scope.cancel()
+
+        async def reap() -> None:
+            assert stdin is not None
+            await stdin.closed.wait()
+            await anyio.sleep(grace_s)
+            log.info("client disconnected; cancelling calls still running")
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(serve)
+        if stdin is not None:
+            tg.start_soon(reap)

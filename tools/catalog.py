@@ -9,7 +9,7 @@ from typing import Any
 
 import anyio
 
-from . import customers, intake, replies, tickets  # noqa: F401  (each registers its tools)
+from . import customers, intake, knowledge, metrics, replies, tickets  # noqa: F401  (each registers its tools)
 from .context import Crm
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ async def _sla_loop(crm: Crm) -> None:
 
 async def startup(crm: Crm, *, check_embeddings: bool = True, background: bool = True) -> None:
     if check_embeddings:
-        pass  # knowledge.check_embedding_space(crm) once embeddings land
+        await knowledge.check_embedding_space(crm)
     if not background:
         return
     tg = anyio.create_task_group()

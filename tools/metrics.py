@@ -1,0 +1,385 @@
+"""Metrics: get_metrics (support figures for a period, per channel and in total) and
+record_feedback (a customer's 1-5 rating of a reply or of a ticket's handling).
+
+Every figure is computed from the live tables at call time (messages, conversations, tickets,
+ticket_events, feedback, agent_metrics), never from a stored roll-up, so it always agrees with
+what the other tools show. A period is half-open: since <= t < until.
+
+Definitions (channel = the conversation's initial channel, the message's channel, the ticket's
+source channel, the metric's channel or the rated message's / ticket's channel):
+
+    conversations        conversations started in the period
+    messages_in          inbound customer messages in the period
+    messages_out         outbound replies in the period, role agent (AI) or human; system notices excluded
+    tickets_opened       tickets created in the period
+    tickets_resolved     tickets moved to resolved in the period (ticket history; counted once per ticket)
+    tickets_escalated    tickets escalated in the period, by escalate_to_human or the SLA sweep (once per ticket)
+    escalation_rate      of the tickets opened in the period, the share escalated by the end of the period
+    avg_sentiment        mean sentiment of inbound messages in the period, -1..1
+    first_response_s     created -> first reply, seconds, for tickets opened in the period that got a reply by its end
+    resolution_s         created -> resolved (last resolution in the period), seconds, for tickets resolved in the period
+    response_latency_ms  latest inbound message -> reply, ms, for replies sent in the period (agent_metrics)
+    ai_resolution_rate   of the tickets resolved in the period, the share whose conversation never had a human reply
+    csat                 share of feedback ratings of 4 or 5 among the ratings given in the period
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta, timezone
+from typing import Any, Literal
+
+import asyncpg
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .context import Crm
+from .enums import CHANNELS, Channel
+from .errors import NotFound, UserError
+from .formatting import strip_control_chars, untrusted
+from .models import Out
+from .registry import crm_tool
+from .tickets import fetch_ticket
+
+WINDOWS: dict[str, timedelta] = {
+    "1h": timedelta(hours=1),
+    "24h": timedelta(hours=24),
+    "7d": timedelta(days=7),
+    "30d": timedelta(days=30),
+}
+MAX_SPAN = timedelta(days=366)
+
+# get_metrics ----------------------------------------------------------------------------------
+
+
+class GetMetricsInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    window: Literal["1h", "24h", "7d", "30d"] | None = Field(
+        default=None,
+        description="Rolling period ending now. Default '24h' when since is not given. Do not combine with since/until.",
+    )
+    since: datetime | None = Field(
+        default=None, description="Start of a custom period (ISO 8601 with time zone, inclusive). Use instead of window."
+    )
+    until: datetime | None = Field(
+        default=None, description="End of the custom period (ISO 8601 with time zone, exclusive). Only with since; default now."
+    )
+    channel: Channel | None = Field(default=None, description="Only this channel. Default: every channel plus the total.")
+
+    @model_validator(mode="after")
+    def _period(self) -> GetMetricsInput:
+        if self.window is not None and (self.since is not None or self.until is not None):
+            raise ValueError("give either window or since/until, not both")
+        if self.until is not None and self.since is None:
+            raise ValueError("until needs since (or use window for a period ending now)")
+        for name in ("since", "until"):
+            v = getattr(self, name)
+            if v is not None and v.tzinfo is None:
+                raise ValueError(f"{name} needs a time zone, e.g. 2026-01-31T12:00:00Z")
+        if self.since is not None:
+            until = self.until or datetime.now(timezone.utc)
+            if self.since >= until:
+                raise ValueError("since must be earlier than until")
+            if until - self.since > MAX_SPAN:
+                raise ValueError("the period is longer than 366 days; split it into several calls")
+        return self
+
+
+class Rate(Out):
+    value: float | None = Field(description="numerator / denominator, 0..1; null when the denominator is 0.")
+    numerator: int
+    denominator: int
+
+
+class Spread(Out):
+    median: float | None
+    p90: float | None
+    samples: int = Field(description="How many values the median and p90 are computed from; 0 means no data (both null).")
+
+
+class ChannelMetrics(Out):
+    channel: Literal["email", "whatsapp", "web_form", "total"]
+    conversations: int = Field(description="Conversations started in the period.")
+    messages_in: int = Field(description="Inbound customer messages.")
+    messages_out: int = Field(description="Outbound replies by the AI agent or staff (system notices excluded).")
+    tickets_opened: int
+    tickets_resolved: int = Field(description="Tickets moved to resolved in the period (once per ticket).")
+    tickets_escalated: int = Field(description="Tickets escalated in the period (escalate_to_human or SLA breach; once per ticket).")
+    escalation_rate: Rate = Field(description="Tickets opened in the period that were escalated by its end / tickets opened in the period.")
+    avg_sentiment: float | None = Field(description="Mean sentiment of inbound messages, -1..1.")
+    first_response_s: Spread = Field(description="Seconds from ticket creation to first reply, tickets opened in the period.")
+    resolution_s: Spread = Field(description="Seconds from ticket creation to resolution, tickets resolved in the period.")
+    response_latency_ms: Spread = Field(description="Milliseconds from the customer's latest message to a reply, replies sent in the period.")
+    ai_resolution_rate: Rate = Field(
+        description="Tickets resolved in the period whose conversation had no human (staff) reply / tickets resolved in the period.")
+    csat: Rate = Field(description="Ratings of 4 or 5 / all ratings given in the period (record_feedback).")
+
+
+class MetricsResult(Out):
+    since: datetime = Field(description="Start of the period (inclusive).")
+    until: datetime = Field(description="End of the period (exclusive).")
+    channels: list[ChannelMetrics] = Field(description="One entry per channel, then 'total' (all channels together).")
+
+
+# Each query groups by ROLLUP(channel): one row per channel plus a total row (is_total).
+# $1 = since, $2 = until, $3 = channel filter or NULL.
+
+CONVERSATIONS_SQL = """
+SELECT initial_channel AS channel, GROUPING(initial_channel) = 1 AS is_total,
+       count(*) AS conversations
+FROM conversations
+WHERE started_at >= $1 AND started_at < $2 AND ($3::text IS NULL OR initial_channel = $3)
+GROUP BY ROLLUP (initial_channel)
+"""
+
+MESSAGES_SQL = """
+SELECT channel, GROUPING(channel) = 1 AS is_total,
+       count(*) FILTER (WHERE direction = 'inbound') AS messages_in,
+       count(*) FILTER (WHERE direction = 'outbound' AND role IN ('agent', 'human')) AS messages_out,
+       avg(sentiment) FILTER (WHERE direction = 'inbound') AS avg_sentiment
+FROM messages
+WHERE created_at >= $1 AND created_at < $2 AND ($3::text IS NULL OR channel = $3)
+GROUP BY ROLLUP (channel)
+"""
+
+# Tickets opened in the period: escalation cohort and first response time.
+OPENED_SQL = """
+WITH opened AS (
+    SELECT t.source_channel AS channel,
+           EXISTS (SELECT 1 FROM ticket_events e
+                   WHERE e.ticket_id = t.id AND e.kind IN ('escalation', 'sla_breach') AND e.created_at < $2) AS escalated,
+           CASE WHEN t.first_response_at < $2 THEN extract(epoch FROM t.first_response_at - t.created_at) END AS first_response_s
+    FROM tickets t
+    WHERE t.created_at >= $1 AND t.created_at < $2 AND ($3::text IS NULL OR t.source_channel = $3)
+)
+SELECT channel, GROUPING(channel) = 1 AS is_total,
+       count(*) AS tickets_opened,
+       count(*) FILTER (WHERE escalated) AS opened_escalated,
+       count(first_response_s) AS frt_n,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY first_response_s) AS frt_median,
+       percentile_cont(0.9) WITHIN GROUP (ORDER BY first_response_s) AS frt_p90
+FROM opened
+GROUP BY ROLLUP (channel)
+"""
+
+# Ticket history in the period: resolutions (time to resolve, AI or human) and escalations.
+HISTORY_SQL = """
+WITH touched AS (
+    SELECT ticket_id,
+           max(created_at) FILTER (WHERE kind = 'status' AND to_value = 'resolved') AS resolved_at,
+           bool_or(kind IN ('escalation', 'sla_breach')) AS escalated
+    FROM ticket_events
+    WHERE created_at >= $1 AND created_at < $2
+      AND (kind IN ('escalation', 'sla_breach') OR (kind = 'status' AND to_value = 'resolved'))
+    GROUP BY ticket_id
+), per_ticket AS (
+    SELECT t.source_channel AS channel, h.escalated, h.resolved_at IS NOT NULL AS resolved,
+           extract(epoch FROM h.resolved_at - t.created_at) AS resolution_s,
+           h.resolved_at IS NOT NULL AND t.conversation_id IS NOT NULL AND NOT EXISTS (
+               SELECT 1 FROM messages m
+               WHERE m.conversation_id = t.conversation_id AND m.direction = 'outbound' AND m.role = 'human'
+           ) AS ai_resolved
+    FROM touched h JOIN tickets t ON t.id = h.ticket_id
+    WHERE $3::text IS NULL OR t.source_channel = $3
+)
+SELECT channel, GROUPING(channel) = 1 AS is_total,
+       count(*) FILTER (WHERE resolved) AS tickets_resolved,
+       count(*) FILTER (WHERE escalated) AS tickets_escalated,
+       count(*) FILTER (WHERE ai_resolved) AS ai_resolved,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY resolution_s) AS res_median,
+       percentile_cont(0.9) WITHIN GROUP (ORDER BY resolution_s) AS res_p90
+FROM per_ticket
+GROUP BY ROLLUP (channel)
+"""
+
+LATENCY_SQL = """
+SELECT channel, GROUPING(channel) = 1 AS is_total,
+       count(*) AS lat_n,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY value) AS lat_median,
+       percentile_cont(0.9) WITHIN GROUP (ORDER BY value) AS lat_p90
+FROM agent_metrics
+WHERE metric_type = 'response_latency' AND recorded_at >= $1 AND recorded_at < $2
+  AND ($3::text IS NULL OR channel = $3)
+GROUP BY ROLLUP (channel)
+"""
+
+FEEDBACK_SQL = """
+SELECT channel, GROUPING(channel) = 1 AS is_total,
+       count(*) AS csat_n,
+       count(*) FILTER (WHERE rating >= 4) AS csat_satisfied
+FROM feedback
+WHERE created_at >= $1 AND created_at < $2 AND ($3::text IS NULL OR channel = $3)
+GROUP BY ROLLUP (channel)
+"""
+
+QUERIES = (CONVERSATIONS_SQL, MESSAGES_SQL, OPENED_SQL, HISTORY_SQL, LATENCY_SQL, FEEDBACK_SQL)
+
+
+def _round(v: Any, digits: int) -> float | None:
+    return None if v is None else round(float(v), digits)
+
+
+def _rate(num: int, den: int) -> Rate:
+    return Rate(value=round(num / den, 4) if den else None, numerator=num, denominator=den)
+
+
+def _spread(row: dict[str, Any], prefix: str, n: int, digits: int = 1) -> Spread:
+    return Spread(median=_round(row.get(f"{prefix}_median"), digits), p90=_round(row.get(f"{prefix}_p90"), digits), samples=n)
+
+
+def _entry(name: str, r: dict[str, Any]) -> ChannelMetrics:
+    n = lambda key: int(r.get(key) or 0)  # noqa: E731
+    return ChannelMetrics(
+        channel=name,  # type: ignore[arg-type]
+        conversations=n("conversations"),
+        messages_in=n("messages_in"),
+        messages_out=n("messages_out"),
+        tickets_opened=n("tickets_opened"),
+        tickets_resolved=n("tickets_resolved"),
+        tickets_escalated=n("tickets_escalated"),
+        escalation_rate=_rate(n("opened_escalated"), n("tickets_opened")),
+        avg_sentiment=_round(r.get("avg_sentiment"), 3),
+        first_response_s=_spread(r, "frt", n("frt_n")),
+        resolution_s=_spread(r, "res", n("tickets_resolved")),
+        response_latency_ms=_spread(r, "lat", n("lat_n"), 0),
+        ai_resolution_rate=_rate(n("ai_resolved"), n("tickets_resolved")),
+        csat=_rate(n("csat_satisfied"), n("csat_n")),
+    )
+
+
+@crm_tool(name="get_metrics", title="Get support metrics", toolset="metrics", read_only=True, destructive=False, idempotent=True)
+async def get_metrics(crm: Crm, args: GetMetricsInput) -> MetricsResult:
+    """Support performance for a period, per channel (email, whatsapp, web_form) and in total:
+    conversations started, messages in and out, tickets opened / resolved / escalated, the
+    escalation rate, average customer sentiment, first-response and resolution times (median
+    and p90, seconds), reply latency (median and p90, ms), the AI resolution rate (resolved
+    tickets with no staff reply) and CSAT (share of 4-5 ratings from record_feedback).
+
+    Use it for "how are we doing" questions, daily reports or to compare channels. Pick a
+    rolling window (1h, 24h, 7d, 30d; default 24h) or a custom since/until range of at most
+    366 days, not both. Rates state their numerator and denominator; a figure with no data is
+    null (never a division by zero). Figures are computed live and may move as late events
+    arrive. For a single ticket use get_ticket; for one customer use get_customer_history."""
+    if args.since is not None:
+        since, until = args.since, args.until or datetime.now(timezone.utc)
+    else:
+        until = datetime.now(timezone.utc)
+        since = until - WINDOWS[args.window or "24h"]
+    merged: dict[str, dict[str, Any]] = {c: {} for c in (*CHANNELS, "total")}
+    async with crm.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        for sql in QUERIES:
+            for row in await conn.fetch(sql, since, until, args.channel):
+                key = "total" if row["is_total"] else row["channel"]
+                if key in merged:  # rows with no channel recorded count only in the total
+                    merged[key].update({k: v for k, v in row.items() if k not in ("channel", "is_total")})
+    names = [args.channel, "total"] if args.channel else [*CHANNELS, "total"]
+    return MetricsResult(since=since, until=until, channels=[_entry(name, merged[name]) for name in names])
+
+
+# record_feedback ------------------------------------------------------------------------------
+
+
+class RecordFeedbackInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    message_id: str | None = Field(
+        default=None, max_length=64,
+        description="Rate this reply: UUID of an outbound agent or staff message (send_response parts, get_conversation). Give this or ticket_number.",
+    )
+    ticket_number: str | None = Field(
+        default=None, max_length=20, description="Rate the handling of this ticket (TKT-0042). Give this or message_id.", examples=["TKT-0042"]
+    )
+    rating: int = Field(ge=1, le=5, description="Customer satisfaction, 1 (very unhappy) to 5 (very happy); 4 and 5 count as satisfied.")
+    comment: str | None = Field(default=None, max_length=2000, description="The customer's own words about the rating, optional.")
+
+    @model_validator(mode="after")
+    def _target(self) -> RecordFeedbackInput:
+        if (self.message_id is None) == (self.ticket_number is None):
+            raise ValueError("give exactly one of message_id or ticket_number")
+        return self
+
+
+class FeedbackResult(Out):
+    feedback_id: str
+    target: Literal["message", "ticket"]
+    message_id: str | None
+    ticket_number: str | None
+    customer_id: str | None
+    conversation_id: str | None
+    channel: Channel | None
+    rating: int
+    comment: str | None = Field(description="As stored (customer-written, wrapped as untrusted).")
+    replaced: bool = Field(description="True when this replaced an earlier rating of the same message or ticket.")
+    previous_rating: int | None = Field(description="The rating that was replaced, if any.")
+    recorded_at: datetime
+
+
+FEEDBACK_COLS = "customer_id, conversation_id, message_id, ticket_id, channel, rating, comment"
+
+UPSERT_MESSAGE_SQL = f"""
+WITH prev AS (SELECT rating FROM feedback WHERE message_id = $3)
+INSERT INTO feedback ({FEEDBACK_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7)
+ON CONFLICT (message_id) WHERE message_id IS NOT NULL DO UPDATE
+    SET rating = EXCLUDED.rating, comment = EXCLUDED.comment, created_at = now()
+RETURNING id, created_at, xmax <> 0 AS replaced, (SELECT rating FROM prev) AS previous_rating
+"""
+
+UPSERT_TICKET_SQL = f"""
+WITH prev AS (SELECT rating FROM feedback WHERE ticket_id = $4 AND message_id IS NULL)
+INSERT INTO feedback ({FEEDBACK_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7)
+ON CONFLICT (ticket_id) WHERE ticket_id IS NOT NULL AND message_id IS NULL DO UPDATE
+    SET rating = EXCLUDED.rating, comment = EXCLUDED.comment, created_at = now()
+RETURNING id, created_at, xmax <> 0 AS replaced, (SELECT rating FROM prev) AS previous_rating
+"""
+
+
+async def _message_target(conn: asyncpg.Connection, raw_id: str) -> asyncpg.Record:
+    from .customers import parse_uuid
+
+    mid = parse_uuid(raw_id, "message_id", "get_conversation (message ids of replies)")
+    row = await conn.fetchrow(
+        """SELECT m.id AS message_id, m.customer_id, m.conversation_id, m.ticket_id, m.channel, m.direction, m.role,
+                  t.ticket_number
+           FROM messages m LEFT JOIN tickets t ON t.id = m.ticket_id WHERE m.id = $1""", mid)
+    if row is None:
+        raise NotFound(f"No message {mid}.", hint="Use get_conversation to find the message_id of the reply being rated.")
+    if row["direction"] != "outbound" or row["role"] not in ("agent", "human"):
+        kind = "a customer message" if row["direction"] == "inbound" else "a system notice"
+        raise UserError(
+            f"Message {mid} is {kind}; only replies from the AI agent or staff can be rated.",
+            hint="Pass the message_id of an outbound reply, or rate the whole ticket with ticket_number.")
+    return row
+
+
+@crm_tool(name="record_feedback", title="Record customer feedback", toolset="metrics", read_only=False, destructive=False, idempotent=True)
+async def record_feedback(crm: Crm, args: RecordFeedbackInput) -> FeedbackResult:
+    """Store a customer's satisfaction rating (1-5, with an optional comment) for one reply
+    (message_id of an outbound agent or staff message) or for a ticket's handling overall
+    (ticket_number). Customer, conversation, ticket and channel are filled in from the target.
+
+    Use it when the customer answers a satisfaction survey or says how happy they are with a
+    reply. Ratings of 4 and 5 count as satisfied in get_metrics' CSAT. One rating per reply and
+    one per ticket: rating the same target again replaces the earlier rating (replaced=true
+    shows the previous one), so retries are safe. Customer messages and system notices cannot
+    be rated. Not for complaints that need action: open or update a ticket for those."""
+    comment = strip_control_chars(args.comment).strip() if args.comment else ""
+    async with crm.tx() as conn:
+        if args.message_id is not None:
+            tgt = await _message_target(conn, args.message_id)
+            target, sql = "message", UPSERT_MESSAGE_SQL
+            ids = (tgt["customer_id"], tgt["conversation_id"], tgt["message_id"], tgt["ticket_id"], tgt["channel"])
+            number = tgt["ticket_number"]
+        else:
+            t = await fetch_ticket(conn, args.ticket_number or "")
+            target, sql = "ticket", UPSERT_TICKET_SQL
+            ids = (t["customer_id"], t["conversation_id"], None, t["id"], t["source_channel"])
+            number = t["ticket_number"]
+        row = await conn.fetchrow(sql, *ids, args.rating, comment or None)
+
+    def s(v: uuid.UUID | None) -> str | None:
+        return str(v) if v is not None else None
+
+    channel = ids[4]
+    return FeedbackResult(
+        feedback_id=str(row["id"]), target=target, message_id=s(ids[2]), ticket_number=number,
+        customer_id=s(ids[0]), conversation_id=s(ids[1]), channel=channel, rating=args.rating,
+        comment=untrusted(comment, source=channel or "feedback") if comment else None,
+        replaced=row["replaced"], previous_rating=row["previous_rating"], recorded_at=row["created_at"])
