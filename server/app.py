@@ -106,15 +106,21 @@ async def prepare_database(settings: Settings) -> str:
 
 @asynccontextmanager
 async def open_crm(settings: Settings, *, check_embeddings: bool = True, background: bool = True) -> AsyncIterator[Crm]:
+    """Database ready, pool open, background work (SLA sweep) running; all closed on exit."""
     dsn = await prepare_database(settings)
     pool = await create_pool(settings, dsn)
     crm = Crm(settings=settings, pool=pool)
     try:
-        await catalog.startup(crm, check_embeddings=check_embeddings, background=background)
-        yield crm
+        await catalog.startup(crm, check_embeddings=check_embeddings)
+        async with anyio.create_task_group() as tg:
+            if background:
+                tg.start_soon(catalog.background, crm)
+            try:
+                yield crm
+            finally:
+                tg.cancel_scope.cancel()
     finally:
         with anyio.CancelScope(shield=True):
-            await catalog.shutdown(crm)
             # A backend that stopped answering would block a graceful close forever.
             with anyio.move_on_after(5) as waited:
                 await pool.close()

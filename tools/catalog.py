@@ -22,7 +22,8 @@ def register_extras(server: Any, crm: Crm) -> None:
     register(server, crm)
 
 
-async def _sla_loop(crm: Crm) -> None:
+async def background(crm: Crm) -> None:
+    """Runs for the life of the server: the SLA sweep, every sla_check_interval_s."""
     while True:
         try:
             breached = await tickets.sla_sweep(crm)
@@ -33,19 +34,6 @@ async def _sla_loop(crm: Crm) -> None:
         await anyio.sleep(crm.settings.sla_check_interval_s)
 
 
-async def startup(crm: Crm, *, check_embeddings: bool = True, background: bool = True) -> None:
+async def startup(crm: Crm, *, check_embeddings: bool = True) -> None:
     if check_embeddings:
         await knowledge.check_embedding_space(crm)
-    if not background:
-        return
-    tg = anyio.create_task_group()
-    await tg.__aenter__()
-    tg.start_soon(_sla_loop, crm)
-    crm.extras["task_group"] = tg
-
-
-async def shutdown(crm: Crm) -> None:
-    tg = crm.extras.pop("task_group", None)
-    if tg is not None:
-        tg.cancel_scope.cancel()
-        await tg.__aexit__(None, None, None)
