@@ -84,38 +84,37 @@ def template_dsn(pg_admin_dsn: str) -> str:
     return _with_db(pg_admin_dsn, TEMPLATE_DB)
 
 
+@asynccontextmanager
+async def scratch_database(admin_dsn: str, prefix: str, template: str | None = None) -> AsyncIterator[str]:
+    """A database that exists for the duration of the block, optionally cloned from a template."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(admin_dsn)
+    try:
+        await admin.execute(f"CREATE DATABASE {name}" + (f" TEMPLATE {template}" if template else ""))
+    finally:
+        await admin.close()
+    try:
+        yield _with_db(admin_dsn, name)
+    finally:
+        admin = await asyncpg.connect(admin_dsn)
+        try:
+            await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        finally:
+            await admin.close()
+
+
 @pytest.fixture
 async def db_dsn(pg_admin_dsn: str, template_dsn: str) -> AsyncIterator[str]:
     """A fresh, migrated database for one test."""
-    name = f"crm_t_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(pg_admin_dsn)
-    try:
-        await admin.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB}")
-    finally:
-        await admin.close()
-    yield _with_db(pg_admin_dsn, name)
-    admin = await asyncpg.connect(pg_admin_dsn)
-    try:
-        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    finally:
-        await admin.close()
+    async with scratch_database(pg_admin_dsn, "crm_t", TEMPLATE_DB) as dsn:
+        yield dsn
 
 
 @pytest.fixture
 async def empty_dsn(pg_admin_dsn: str) -> AsyncIterator[str]:
     """A fresh database with no schema at all (for migration tests)."""
-    name = f"crm_e_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(pg_admin_dsn)
-    try:
-        await admin.execute(f"CREATE DATABASE {name}")
-    finally:
-        await admin.close()
-    yield _with_db(pg_admin_dsn, name)
-    admin = await asyncpg.connect(pg_admin_dsn)
-    try:
-        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    finally:
-        await admin.close()
+    async with scratch_database(pg_admin_dsn, "crm_e") as dsn:
+        yield dsn
 
 
 def server_env(dsn: str, **extra: str) -> dict[str, str]:
