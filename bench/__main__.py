@@ -1,0 +1,154 @@
+"""Run every crm-mcp benchmark in sequence and write one JSON file.
+
+    python -m bench [--skip-kb] [--skip-embed] [--profile] [--json bench/results/latest.json]
+
+1. tool_overhead: find_customer over stdio vs. the cheapest tools/call, the raw SQL and the
+   in-process handler (bench/tool_overhead.py).
+2. intake: ingest_message over stdio and HTTP x10 vs. the handler in-process (bench/intake.py).
+3. embed_speed (bench/embed_speed.py) and kb_latency (bench/kb_latency.py, when present), each
+   in its own process; their output is kept in the JSON (kb_latency's own JSON is merged).
+4. --profile: bench/profile_stdio.py (needs py-spy).
+
+Every figure is printed next to a floor measured in the same run (the machine is shared and
+noisy); the summary table is also in the JSON under "rows".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import intake, tool_overhead  # noqa: E402
+from bench.common import (  # noqa: E402
+    REPO, RESULTS, create_db, drop_db, embedded_postgres, log, machine, print_table, seed_customers, write_json,
+)
+
+
+async def pg_info(dsn: str) -> dict[str, str]:
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        out = {"version": str(await conn.fetchval("SHOW server_version"))}
+        for s in ("fsync", "synchronous_commit", "wal_sync_method", "shared_buffers"):
+            out[s] = str(await conn.fetchval(f"SHOW {s}"))
+        out["pgvector"] = str(await conn.fetchval("SELECT default_version FROM pg_available_extensions WHERE name = 'vector'"))
+        return out
+    finally:
+        await conn.close()
+
+
+async def core(args: argparse.Namespace, report: dict[str, Any]) -> list[Any]:
+    rows: list[Any] = []
+    with embedded_postgres() as pg:
+        info = await pg_info(pg.admin_dsn)
+        report["machine"] = machine(info["version"])
+        report["machine"]["postgresql_settings"] = info
+        base = await create_db(pg.admin_dsn, name="crm_bench_base")
+        try:
+            log(f"seeding {args.customers} customers (one ingest_message each)")
+            emails = await seed_customers(base, args.customers)
+            if not args.skip_overhead:
+                dsn = await create_db(pg.admin_dsn, template="crm_bench_base")
+                try:
+                    res = await tool_overhead.run(pg, dsn, emails, args.calls)
+                finally:
+                    await drop_db(pg.admin_dsn, dsn)
+                r = res.pop("_rows")
+                print_table(r, "1. tool-call overhead (stdio, find_customer by email)")
+                print(f"   statements per find_customer: {res['statements_per_call']} ({'; '.join(res['statements'])})")
+                rows += r
+                report["tool_overhead"] = res
+            if not args.skip_intake:
+                dsn = await create_db(pg.admin_dsn, template="crm_bench_base")
+                try:
+                    res = await intake.run(pg, dsn, emails, args.messages, args.clients)
+                finally:
+                    await drop_db(pg.admin_dsn, dsn)
+                r = res.pop("_rows")
+                print_table(r, f"2. intake (ingest_message; {args.messages} msgs per figure)")
+                print(f"   statements per ingest: new {res['statements_new']}, returning {res['statements_returning']}")
+                rows += r
+                report["intake"] = res
+        finally:
+            await drop_db(pg.admin_dsn, base)
+    return rows
+
+
+def run_module(module: str, extra: list[str], timeout: int) -> dict[str, Any]:
+    log(f"running python -m {module} {' '.join(extra)}")
+    t0 = time.perf_counter()
+    try:
+        p = subprocess.run([sys.executable, "-m", module, *extra], cwd=str(REPO), capture_output=True, text=True,
+                           timeout=timeout)
+        out = {"returncode": p.returncode, "stdout": p.stdout, "stderr_tail": p.stderr[-3000:]}
+    except subprocess.TimeoutExpired as exc:
+        out = {"returncode": None, "error": f"timed out after {timeout} s",
+               "stdout": (exc.stdout or b"").decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")}
+    out["wall_s"] = round(time.perf_counter() - t0, 1)
+    print(f"\n== {module} ({out['wall_s']} s, exit {out['returncode']})")
+    print(out.get("stdout", "").rstrip() or out.get("stderr_tail", ""))
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--calls", type=int, default=2000, help="find_customer calls per figure")
+    p.add_argument("--messages", type=int, default=1000, help="ingest_message calls per figure")
+    p.add_argument("--clients", type=int, default=10, help="concurrent HTTP clients")
+    p.add_argument("--customers", type=int, default=1000, help="seeded customers")
+    p.add_argument("--skip-overhead", action="store_true")
+    p.add_argument("--skip-intake", action="store_true")
+    p.add_argument("--skip-embed", action="store_true", help="skip bench.embed_speed")
+    p.add_argument("--skip-kb", action="store_true", help="skip bench.kb_latency")
+    p.add_argument("--kb-args", default="--sizes 10000",
+                   help="arguments for bench.kb_latency (default '--sizes 10000'; its own default 10k+100k took ~24 min here)")
+    p.add_argument("--profile", action="store_true", help="also run bench.profile_stdio (needs py-spy)")
+    p.add_argument("--json", default=str(RESULTS / "latest.json"))
+    args = p.parse_args()
+
+    t0 = time.perf_counter()
+    report: dict[str, Any] = {"started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "args": vars(args)}
+    rows = anyio.run(core, args, report)
+
+    if not args.skip_embed:
+        report["embed_speed"] = run_module("bench.embed_speed", [], timeout=900)
+    kb = REPO / "bench" / "kb_latency.py"
+    if not args.skip_kb and kb.exists():
+        with tempfile.TemporaryDirectory() as tmp:
+            jpath = Path(tmp) / "kb.json"
+            res = run_module("bench.kb_latency", ["--json", str(jpath), *args.kb_args.split()], timeout=3600)
+            if jpath.exists():
+                res["results"] = json.loads(jpath.read_text())
+            report["kb_latency"] = res
+    elif not kb.exists():
+        report["kb_latency"] = {"skipped": "bench/kb_latency.py not present"}
+    if args.profile:
+        report["profile"] = run_module("bench.profile_stdio", [], timeout=900)
+
+    if rows:
+        print_table(rows, "summary (x floor = value/floor for latencies, floor/value for rates: the cost in floors)")
+    m = report.get("machine", {})
+    print(f"\nmachine: {m.get('nproc')} CPUs ({m.get('cpu_model')}), Python {m.get('python')}, "
+          f"PostgreSQL {m.get('postgresql')} (embedded; fsync={m.get('postgresql_settings', {}).get('fsync')}, "
+          f"synchronous_commit={m.get('postgresql_settings', {}).get('synchronous_commit')}), "
+          f"mcp {m.get('packages', {}).get('mcp')}, load at start {m.get('loadavg_at_start')}")
+    report["rows"] = [r.as_dict() for r in rows]
+    report["wall_s"] = round(time.perf_counter() - t0, 1)
+    path = write_json(report, Path(args.json))
+    print(f"wrote {path} ({report['wall_s']} s)")
+
+
+if __name__ == "__main__":
+    main()
