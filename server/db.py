@@ -110,6 +110,14 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Pool reset without the default round trip (RESET ALL, UNLISTEN, unlock, CLOSE ALL).
+
+    Safe because no tool leaves session state behind: settings are SET LOCAL, advisory locks
+    are transaction-scoped, nothing LISTENs; an open transaction is still rolled back by
+    asyncpg before this runs."""
+
+
 async def create_pool(settings: Settings, dsn: str | None = None) -> asyncpg.Pool:
     dsn = dsn or await resolve_dsn(settings)
     server_settings = {
@@ -125,6 +133,7 @@ async def create_pool(settings: Settings, dsn: str | None = None) -> asyncpg.Poo
             min_size=settings.pool_min_size,
             max_size=settings.pool_max_size,
             init=_init_connection,
+            reset=_keep_session,
             server_settings=server_settings,
             command_timeout=settings.statement_timeout_ms / 1000 + 5,
             timeout=10,

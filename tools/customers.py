@@ -538,6 +538,8 @@ async def get_customer_history(crm: Crm, args: HistoryInput) -> HistoryResult:
             cur_at, cur_kind, cur_ref = datetime.fromisoformat(str(c["t"])), str(c["k"]), str(c["r"])
         except (TypeError, ValueError):
             raise UserError("cursor is not valid.", hint="Pass next_cursor unchanged.") from None
+        if cur_at.tzinfo is None or cur_kind not in ("message", "ticket", "conversation") or len(cur_ref) > 100:
+            raise UserError("cursor is not valid.", hint="Pass next_cursor unchanged.")
     if args.since and args.until and args.since >= args.until:
         raise UserError("since must be earlier than until.")
     detailed = args.response_format == "detailed"

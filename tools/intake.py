@@ -35,7 +35,7 @@ from .identity import normalize_email, normalize_phone
 from .models import Out
 from .registry import crm_tool
 from .rules import classify, escalation_reasons, score_sentiment
-from .tickets import add_event, insert_ticket
+from .tickets import insert_ticket
 
 MAX_CONTENT = 50_000
 MAX_METADATA_BYTES = 16_384
@@ -99,6 +99,8 @@ class IngestInput(BaseModel):
                 raise ValueError("received_at needs a time zone, e.g. 2026-01-31T12:00:00Z")
             if self.received_at > datetime.now(timezone.utc) + timedelta(minutes=5):
                 raise ValueError("received_at is in the future")
+            if self.received_at < datetime(2000, 1, 1, tzinfo=timezone.utc):
+                raise ValueError("received_at is before 2000-01-01; give the time the channel received the message")
         return self
 
 
@@ -145,10 +147,6 @@ class IngestResult(Out):
 
 def _lock_key(*parts: str) -> str:
     return "\x1f".join(parts)
-
-
-async def _lock(conn: asyncpg.Connection, key: str) -> None:
-    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", key)
 
 
 @crm_tool(name="ingest_message", title="Ingest inbound message", toolset="conversations", read_only=False, destructive=False, idempotent=True)
@@ -199,22 +197,33 @@ async def ingest_message(crm: Crm, args: IngestInput) -> IngestResult:
     raise AssertionError("unreachable")
 
 
-async def _existing(conn: asyncpg.Connection, channel: str, cmid: str) -> IngestResult | None:
-    row = await conn.fetchrow(
-        """
-        SELECT m.id, m.sentiment, m.channel, c.id AS customer_id, c.name, v.id AS conversation_id,
-               t.ticket_number, t.status, t.priority, t.category
-        FROM messages m
-        JOIN customers c ON c.id = m.customer_id
-        JOIN conversations v ON v.id = m.conversation_id
-        LEFT JOIN tickets t ON t.id = m.ticket_id
-        WHERE m.channel = $1 AND m.channel_message_id = $2
-        """, channel, cmid)
-    if row is None:
-        return None
+async def _lock_all(conn: asyncpg.Connection, keys: list[str]) -> None:
+    """Transaction-scoped advisory locks, taken in the given order, in one round trip."""
+    await conn.execute(
+        """SELECT count(pg_advisory_xact_lock(hashtextextended(k, 0)))
+           FROM (SELECT k FROM unnest($1::text[]) WITH ORDINALITY AS u(k, i) ORDER BY i) s""", keys)
+
+
+# Dedup check and identity lookup in one statement (run after the locks, so it sees every
+# committed message and identity of the same keys).
+LOOKUP_SQL = """
+SELECT 'dup' AS what, m.id AS message_id, m.sentiment, c.id AS customer_id, c.name, m.conversation_id,
+       t.ticket_number, t.status, t.priority, t.category, NULL AS kind, NULL AS value, NULL::uuid AS merged_into
+FROM messages m
+JOIN customers c ON c.id = m.customer_id
+LEFT JOIN tickets t ON t.id = m.ticket_id
+WHERE m.channel = $1 AND m.channel_message_id = $2
+UNION ALL
+SELECT 'id', NULL, NULL, i.customer_id, c.name, NULL, NULL, NULL, NULL, NULL, i.kind, i.value, c.merged_into
+FROM customer_identifiers i JOIN customers c ON c.id = i.customer_id
+WHERE i.value = ANY($3::text[])
+"""
+
+
+def _duplicate(row: asyncpg.Record) -> IngestResult:
     return IngestResult(
         duplicate=True,
-        message_id=str(row["id"]),
+        message_id=str(row["message_id"]),
         customer=IngestCustomer(customer_id=str(row["customer_id"]), name=row["name"], is_new=False),
         conversation=IngestConversation(conversation_id=str(row["conversation_id"]), is_new=False, channel_switched=False, previous_channel=None),
         ticket=IngestTicket(ticket_number=row["ticket_number"], status=row["status"], priority=row["priority"],
@@ -228,6 +237,43 @@ async def _existing(conn: asyncpg.Connection, channel: str, cmid: str) -> Ingest
     )
 
 
+# Step 5 and 6 in one statement: the message, the conversation and customer roll-ups, the
+# sentiment history and the metrics; returns the message id and the unanswered-question count.
+RECORD_SQL = """
+WITH msg AS (
+    INSERT INTO messages (conversation_id, customer_id, ticket_id, channel, direction, role, content, subject,
+                          channel_message_id, thread_ref, sentiment, processing_latency_ms, metadata, created_at)
+    VALUES ($1, $2, $3, $4, 'inbound', 'customer', $5, $6, $7, $8, $9, $10, $11, $12)
+    RETURNING id
+), prior AS (
+    SELECT coalesce(sum(sentiment), 0) AS s, count(sentiment) AS n,
+           count(*) FILTER (WHERE direction = 'inbound' AND created_at > coalesce(
+               (SELECT max(created_at) FROM messages WHERE conversation_id = $1 AND direction = 'outbound'
+                  AND role IN ('agent', 'human')), '-infinity')) AS unanswered
+    FROM messages WHERE conversation_id = $1 AND direction = 'inbound'
+), conv AS (
+    UPDATE conversations SET message_count = message_count + 1,
+           sentiment = ((SELECT s FROM prior) + $9) / ((SELECT n FROM prior) + 1),
+           last_activity_at = greatest(last_activity_at, $12), thread_ref = coalesce(thread_ref, $8)
+    WHERE id = $1
+), hist AS (
+    INSERT INTO customer_sentiment (customer_id, message_id, channel, score, recorded_at)
+    SELECT $2, id, $4, $9, $12 FROM msg
+), cust AS (
+    UPDATE customers SET total_interactions = total_interactions + 1,
+           sentiment_avg = ((coalesce(sentiment_avg, 0) * total_interactions) + $9) / (total_interactions + 1),
+           last_contact_at = greatest(coalesce(last_contact_at, $12), $12),
+           first_contact_at = least(coalesce(first_contact_at, $12), $12),
+           name = coalesce(name, $13)
+    WHERE id = $2
+), metrics AS (
+    INSERT INTO agent_metrics (metric_type, channel, value, message_id)
+    SELECT 'message_volume', $4, 1, id FROM msg UNION ALL SELECT 'sentiment', $4, $9, id FROM msg
+)
+SELECT (SELECT id FROM msg) AS message_id, (SELECT unanswered FROM prior) + 1 AS unanswered
+"""
+
+
 async def _ingest_once(
     crm: Crm, args: IngestInput, wanted: list[tuple[str, str]], content: str, subject: str | None, name: str | None,
     cmid: str, received: datetime, sentiment: float, started: float,
@@ -235,17 +281,15 @@ async def _ingest_once(
     channel = args.channel
     settings = crm.settings
     async with crm.tx() as conn:
-        # 1. dedup
-        await _lock(conn, _lock_key("msg", channel, cmid))
-        if (dup := await _existing(conn, channel, cmid)) is not None:
-            return dup
-        # 2. identity
-        for kind, value in sorted(wanted):
-            await _lock(conn, _lock_key("id", kind, value))
-        rows = await conn.fetch(
-            "SELECT kind, value, customer_id FROM customer_identifiers WHERE value = ANY($1::text[])",
-            [v for _, v in wanted])
-        owner = {(r["kind"], r["value"]): r["customer_id"] for r in rows}
+        # 1. dedup, and 2. identity: the message key first, then the identities in sorted order
+        # (every caller takes them in this order, so no deadlock); then one lookup for both.
+        await _lock_all(conn, [_lock_key("msg", channel, cmid)] + [_lock_key("id", k, v) for k, v in sorted(wanted)])
+        rows = await conn.fetch(LOOKUP_SQL, channel, cmid, [v for _, v in wanted])
+        for r in rows:
+            if r["what"] == "dup":
+                return _duplicate(r)
+        owner = {(r["kind"], r["value"]): (r["merged_into"] or r["customer_id"]) for r in rows}
+        names = {r["customer_id"]: r["name"] for r in rows}
         order = [(k, v) for k, v in wanted if k == channel] + [(k, v) for k, v in wanted if k == "email" and k != channel] + \
                 [(k, v) for k, v in wanted if k in ("phone", "whatsapp") and k != channel]
         customer_id: uuid.UUID | None = None
@@ -261,31 +305,30 @@ async def _ingest_once(
         if customer_id is None:
             customer_id = await conn.fetchval(
                 "INSERT INTO customers (name, first_contact_at) VALUES ($1, $2) RETURNING id", name, received)
-        cust = await conn.fetchrow("SELECT id, name, merged_into FROM customers WHERE id = $1 FOR UPDATE", customer_id)
-        if cust["merged_into"] is not None:  # identities normally move on merge; follow the pointer anyway
-            customer_id = cust["merged_into"]
-            cust = await conn.fetchrow("SELECT id, name, merged_into FROM customers WHERE id = $1 FOR UPDATE", customer_id)
         conflicts: list[str] = []
+        new_ids: list[tuple[str, str, bool]] = []
         for k, v in wanted:
             o = owner.get((k, v))
             if o is not None and o != customer_id:
                 conflicts.append(f"{k}:{v}")
-                continue
-            if o is None:
+            elif o is None:
                 # The channel itself vouches for the address it delivered from.
-                verified = (k == "email" and channel == "email") or (k == "whatsapp" and channel == "whatsapp")
-                await conn.execute(
-                    "INSERT INTO customer_identifiers (customer_id, kind, value, verified, source_channel) "
-                    "VALUES ($1, $2, $3, $4, $5)", customer_id, k, v, verified, channel)
-        if name and not cust["name"]:
-            await conn.execute("UPDATE customers SET name = $2 WHERE id = $1", customer_id, name)
+                new_ids.append((k, v, (k == "email" and channel == "email") or (k == "whatsapp" and channel == "whatsapp")))
+        if new_ids:
+            await conn.execute(
+                """INSERT INTO customer_identifiers (customer_id, kind, value, verified, source_channel)
+                   SELECT $1, k, v, ver, $5 FROM unnest($2::text[], $3::text[], $4::bool[]) AS u(k, v, ver)""",
+                customer_id, [k for k, _, _ in new_ids], [v for _, v, _ in new_ids], [b for _, _, b in new_ids], channel)
 
         # 3. conversation
         window = timedelta(hours=settings.conversation_window_hours)
-        conv = await conn.fetchrow(
-            """SELECT v.*, EXISTS (SELECT 1 FROM tickets t WHERE t.conversation_id = v.id
-                                   AND t.status IN ('open', 'in_progress', 'waiting', 'escalated')) AS has_open_ticket
-               FROM conversations v WHERE customer_id = $1 AND status <> 'closed' FOR UPDATE""", customer_id)
+        conv = None
+        if not is_new_customer:
+            conv = await conn.fetchrow(
+                """SELECT v.id, v.current_channel, v.last_activity_at,
+                          EXISTS (SELECT 1 FROM tickets t WHERE t.conversation_id = v.id
+                                  AND t.status IN ('open', 'in_progress', 'waiting', 'escalated')) AS has_open_ticket
+                   FROM conversations v WHERE customer_id = $1 AND status <> 'closed' FOR UPDATE""", customer_id)
         switched = False
         previous_channel = None
         conv_is_new = False
@@ -296,11 +339,14 @@ async def _ingest_once(
             conv = None
         if conv is None:
             conv_id = await conn.fetchval(
-                """INSERT INTO conversations (customer_id, initial_channel, current_channel, thread_ref, started_at, last_activity_at)
-                   VALUES ($1, $2, $2, $3, $4, $4) RETURNING id""", customer_id, channel, args.thread_ref, received)
+                """WITH v AS (
+                       INSERT INTO conversations (customer_id, initial_channel, current_channel, thread_ref, started_at, last_activity_at)
+                       VALUES ($1, $2, $2, $3, $4, $4) RETURNING id
+                   ), m AS (
+                       INSERT INTO agent_metrics (metric_type, channel, value) VALUES ('conversation_count', $2, 1)
+                   )
+                   SELECT id FROM v""", customer_id, channel, args.thread_ref, received)
             conv_is_new = True
-            await conn.execute(
-                "INSERT INTO agent_metrics (metric_type, channel, value) VALUES ('conversation_count', $1, 1)", channel)
         else:
             conv_id = conv["id"]
             if conv["current_channel"] != channel:
@@ -312,18 +358,20 @@ async def _ingest_once(
                     conv_id, channel, [switch])
 
         # 4. ticket before response
-        ticket = await conn.fetchrow(
-            "SELECT * FROM tickets WHERE conversation_id = $1 ORDER BY created_at DESC LIMIT 1 FOR UPDATE", conv_id)
+        ticket = None
+        if not conv_is_new:
+            ticket = await conn.fetchrow(
+                "SELECT * FROM tickets WHERE conversation_id = $1 ORDER BY created_at DESC LIMIT 1 FOR UPDATE", conv_id)
         ticket_is_new = reopened = False
-        if ticket is not None and ticket["status"] == "waiting":
-            await conn.execute("UPDATE tickets SET status = 'in_progress' WHERE id = $1", ticket["id"])
-            await add_event(conn, ticket["id"], "status", from_value="waiting", to_value="in_progress",
-                            note="customer replied", actor="ingest_message")
-        elif ticket is not None and ticket["status"] == "resolved":
-            await conn.execute("UPDATE tickets SET status = 'open', resolved_at = NULL WHERE id = $1", ticket["id"])
-            await add_event(conn, ticket["id"], "status", from_value="resolved", to_value="open",
-                            note="reopened by customer reply", actor="ingest_message")
-            reopened = True
+        if ticket is not None and ticket["status"] in ("waiting", "resolved"):
+            reopened = ticket["status"] == "resolved"
+            new_status, note = ("open", "reopened by customer reply") if reopened else ("in_progress", "customer replied")
+            ticket = await conn.fetchrow(
+                """WITH t AS (UPDATE tickets SET status = $2, resolved_at = CASE WHEN $2 = 'open' THEN NULL ELSE resolved_at END
+                              WHERE id = $1 RETURNING *),
+                        e AS (INSERT INTO ticket_events (ticket_id, kind, from_value, to_value, note, actor)
+                              VALUES ($1, 'status', $3, $2, $4, 'ingest_message'))
+                   SELECT * FROM t""", ticket["id"], new_status, ticket["status"], note)
         elif ticket is None or ticket["status"] == "closed":
             cls = classify(content, subject, sentiment=sentiment)
             ticket = await insert_ticket(
@@ -331,41 +379,13 @@ async def _ingest_once(
                 subject=subject or _subject_from(content), category=cls.category, priority=cls.priority,
                 channel=channel, created_at=received, actor="ingest_message")
             ticket_is_new = True
-        ticket = await conn.fetchrow("SELECT * FROM tickets WHERE id = $1", ticket["id"])
 
-        # 5. the message itself, sentiment folded in
+        # 5 and 6. the message, sentiment folded in, counts and metrics (a duplicate returned above)
         latency_ms = int((time.perf_counter() - started) * 1000)
-        message_id = await conn.fetchval(
-            """INSERT INTO messages (conversation_id, customer_id, ticket_id, channel, direction, role, content, subject,
-                                     channel_message_id, thread_ref, sentiment, processing_latency_ms, metadata, created_at)
-               VALUES ($1, $2, $3, $4, 'inbound', 'customer', $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id""",
-            conv_id, customer_id, ticket["id"], channel, content, subject, cmid, args.thread_ref, sentiment,
-            latency_ms, args.metadata or {}, received)
-        await conn.execute(
-            """UPDATE conversations SET message_count = message_count + 1,
-                   sentiment = (SELECT avg(sentiment) FROM messages
-                                WHERE conversation_id = $1 AND direction = 'inbound' AND sentiment IS NOT NULL),
-                   last_activity_at = greatest(last_activity_at, $2), thread_ref = coalesce(thread_ref, $3)
-               WHERE id = $1""", conv_id, received, args.thread_ref)
-        await conn.execute(
-            "INSERT INTO customer_sentiment (customer_id, message_id, channel, score, recorded_at) VALUES ($1, $2, $3, $4, $5)",
-            customer_id, message_id, channel, sentiment, received)
-        await conn.execute(
-            """UPDATE customers SET total_interactions = total_interactions + 1,
-                   sentiment_avg = ((coalesce(sentiment_avg, 0) * total_interactions) + $2) / (total_interactions + 1),
-                   last_contact_at = greatest(coalesce(last_contact_at, $3), $3),
-                   first_contact_at = least(coalesce(first_contact_at, $3), $3)
-               WHERE id = $1""", customer_id, sentiment, received)
-
-        # 6. metrics (a duplicate returned at step 1, so these are counted once)
-        await conn.execute(
-            "INSERT INTO agent_metrics (metric_type, channel, value, message_id) VALUES ('message_volume', $1, 1, $2), "
-            "('sentiment', $1, $3, $2)", channel, message_id, sentiment)
-
-        unanswered = await conn.fetchval(
-            """SELECT count(*) FROM messages WHERE conversation_id = $1 AND direction = 'inbound'
-               AND created_at > coalesce((SELECT max(created_at) FROM messages WHERE conversation_id = $1
-                                          AND direction = 'outbound' AND role IN ('agent', 'human')), '-infinity')""", conv_id)
+        rec = await conn.fetchrow(
+            RECORD_SQL, conv_id, customer_id, ticket["id"], channel, content, subject, cmid, args.thread_ref, sentiment,
+            latency_ms, args.metadata or {}, received, name)
+        message_id, unanswered = rec["message_id"], rec["unanswered"]
     reasons = escalation_reasons(
         content if not subject else f"{subject}\n{content}", sentiment=sentiment, unanswered_inbound=unanswered,
         threshold=settings.escalation_sentiment_threshold, repeat_limit=settings.repeat_question_limit)
@@ -380,7 +400,7 @@ async def _ingest_once(
     return IngestResult(
         duplicate=False,
         message_id=str(message_id),
-        customer=IngestCustomer(customer_id=str(customer_id), name=name if is_new_customer else (cust["name"] or name), is_new=is_new_customer),
+        customer=IngestCustomer(customer_id=str(customer_id), name=names.get(customer_id) or name, is_new=is_new_customer),
         conversation=IngestConversation(conversation_id=str(conv_id), is_new=conv_is_new, channel_switched=switched, previous_channel=previous_channel),
         ticket=IngestTicket(ticket_number=ticket["ticket_number"], status=ticket["status"], priority=ticket["priority"],
                             category=ticket["category"], is_new=ticket_is_new, reopened=reopened),

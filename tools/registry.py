@@ -21,6 +21,7 @@ from mcp.types import ToolAnnotations
 from pydantic import BaseModel, Field, ValidationError
 
 from .errors import Unavailable, UserError
+from .formatting import strip_control_chars
 
 log = logging.getLogger(__name__)
 
@@ -124,10 +125,22 @@ _RETRYABLE = (
 )
 
 
+def clean_strings(value: Any) -> Any:
+    """Every string argument, at any depth, loses NUL, control characters (but newline and tab)
+    and lone surrogates before any tool sees it: one place, so no free-text field is forgotten."""
+    if isinstance(value, str):
+        return strip_control_chars(value)
+    if isinstance(value, dict):
+        return {clean_strings(k): clean_strings(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [clean_strings(v) for v in value]
+    return value
+
+
 def make_handler(spec: ToolSpec, crm: Any) -> Callable[..., Awaitable[BaseModel]]:
     async def tool(**kwargs: Any) -> BaseModel:
         try:
-            args = spec.input_model.model_validate(kwargs)
+            args = spec.input_model.model_validate(clean_strings(kwargs))
         except ValidationError as exc:
             raise UserError(format_validation_error(spec.name, exc)) from None
         try:

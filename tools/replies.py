@@ -319,6 +319,8 @@ async def get_conversation(crm: Crm, args: GetConversationInput) -> GetConversat
             params += [datetime.fromisoformat(str(c["t"])), uuid.UUID(str(c["i"]))]
         except (TypeError, ValueError):
             raise UserError("cursor is not valid.", hint="Pass next_cursor unchanged.") from None
+        if params[2].tzinfo is None:
+            raise UserError("cursor is not valid.", hint="Pass next_cursor unchanged.")
         cond = "AND (created_at, id) > ($3, $4)"
     async with crm.pool.acquire() as conn:
         conv = await conn.fetchrow("SELECT * FROM conversations WHERE id = $1", cid)

@@ -71,25 +71,28 @@ async def add_event(
     )
 
 
+INSERT_TICKET_SQL = """
+WITH t AS (
+    INSERT INTO tickets (customer_id, conversation_id, subject, category, priority, source_channel, sla_due_at, created_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+    RETURNING *
+), ev AS (
+    INSERT INTO ticket_events (ticket_id, kind, to_value, actor) SELECT id, 'created', 'open', $9 FROM t
+), m AS (
+    INSERT INTO agent_metrics (metric_type, channel, value, ticket_id) SELECT 'ticket_opened', $6, 1, id FROM t
+)
+SELECT * FROM t
+"""
+
+
 async def insert_ticket(
     conn: asyncpg.Connection, crm: Crm, *, customer_id: uuid.UUID, conversation_id: uuid.UUID | None,
     subject: str, category: str, priority: str, channel: str, created_at: datetime, actor: str,
 ) -> asyncpg.Record:
+    """A new ticket with its 'created' event and 'ticket_opened' metric, in one statement."""
     due = created_at + timedelta(hours=crm.settings.sla_hours(priority))
-    row = await conn.fetchrow(
-        """
-        INSERT INTO tickets (customer_id, conversation_id, subject, category, priority, source_channel, sla_due_at, created_at)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-        RETURNING *
-        """,
-        customer_id, conversation_id, subject[:500], category, priority, channel, due, created_at,
-    )
-    await add_event(conn, row["id"], "created", to_value="open", actor=actor)
-    await conn.execute(
-        "INSERT INTO agent_metrics (metric_type, channel, value, ticket_id) VALUES ('ticket_opened', $1, 1, $2)",
-        channel, row["id"],
-    )
-    return row
+    return await conn.fetchrow(
+        INSERT_TICKET_SQL, customer_id, conversation_id, subject[:500], category, priority, channel, due, created_at, actor)
 
 
 async def fetch_ticket(conn: asyncpg.Connection, ticket_number: str, *, for_update: bool = False) -> asyncpg.Record:
@@ -377,6 +380,8 @@ async def list_tickets(crm: Crm, args: ListTicketsInput) -> ListTicketsResult:
             r, ts, n = int(c["r"]), datetime.fromisoformat(str(c["t"])), str(c["n"])
         except (TypeError, ValueError):
             raise UserError("cursor is not valid.", hint="Pass next_cursor unchanged.") from None
+        if not (0 <= r <= 3 and ts.tzinfo is not None and re.fullmatch(r"TKT-\d{4,9}", n)):
+            raise UserError("cursor is not valid.", hint="Pass next_cursor unchanged.")
         params.extend([r, ts, n])
         k = len(params)
         conds.append(f"({rank} < ${k - 2} OR ({rank} = ${k - 2} AND (t.created_at, t.ticket_number) > (${k - 1}, ${k})))")
