@@ -11,7 +11,7 @@ Floors, all measured in this run:
     `tools/list` serialises ~30 schemas, so neither is the like-for-like floor; ping (legacy) is
     reported for reference.
   * SQL floor: `SELECT 1` on one asyncpg connection from this process; the raw figure is the
-    identity probe + SUMMARY_SQL of an email lookup on that connection.
+    the single identity + summary statement of an email lookup on that connection.
   * in-process handler: crm_mcp.tools.customers.find_customer(crm, FindCustomerInput(...)) with
     the server's own pool, no MCP at all; the statements it sends are counted.
 """
@@ -76,7 +76,7 @@ async def count_statements(fn: Any) -> tuple[int, list[str]]:
 
 async def run(pg: Postgres, dsn: str, emails: list[str], calls: int) -> dict[str, Any]:
     from crm_mcp.server.db import _init_connection
-    from crm_mcp.tools.customers import SUMMARY_SQL, FindCustomerInput, find_customer
+    from crm_mcp.tools.customers import BY_IDENTITY, SUMMARY_SQL, FindCustomerInput, find_customer
 
     rng = random.Random(1)
     picks = [rng.choice(emails) for _ in range(calls)]
@@ -131,8 +131,8 @@ async def run(pg: Postgres, dsn: str, emails: list[str], calls: int) -> dict[str
             await conn.fetchval("SELECT 1")
 
         async def raw(i: int) -> None:
-            ids = [r["customer_id"] for r in await conn.fetch(EMAIL_PROBE, picks[i])]
-            rows = await conn.fetch(SUMMARY_SQL, ids)
+            # the one statement find_customer runs for an email
+            rows = await conn.fetch(SUMMARY_SQL.format(where=BY_IDENTITY), ["email"], picks[i])
             assert rows
 
         with CpuMeter(pg) as m_s1:

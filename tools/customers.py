@@ -36,8 +36,11 @@ LEFT JOIN LATERAL (
     FROM (SELECT score, row_number() OVER (ORDER BY recorded_at DESC, id DESC) AS rn
           FROM customer_sentiment WHERE customer_id = c.id ORDER BY recorded_at DESC, id DESC LIMIT 10) z
 ) s ON true
-WHERE c.id = ANY($1::uuid[])
+WHERE {where}
 """
+BY_IDS = "c.id = ANY($1::uuid[])"
+# One round trip for the common lookup: identity probe and summary together.
+BY_IDENTITY = "c.id IN (SELECT customer_id FROM customer_identifiers WHERE kind = ANY($1::text[]) AND value = $2)"
 
 
 def _trend(recent: float | None, previous: float | None) -> str:
@@ -57,32 +60,33 @@ def _r(x: float | None) -> float | None:
 
 async def load_summaries(conn: asyncpg.Connection, ids: list[uuid.UUID]) -> list[CustomerSummary]:
     """Summaries in the order of `ids`."""
-    rows = {r["id"]: r for r in await conn.fetch(SUMMARY_SQL, ids)}
-    out = []
-    for cid in ids:
-        r = rows.get(cid)
-        if r is None:
-            continue
-        out.append(
-            CustomerSummary(
-                customer_id=str(r["id"]),
-                name=r["name"],
-                company=r["company"],
-                plan=r["plan"],
-                identities=[Identity(**i) for i in r["identities"]],
-                open_tickets=r["open_tickets"],
-                last_contact_at=r["last_contact_at"],
-                total_interactions=r["total_interactions"],
-                sentiment=SentimentSummary(
-                    average=_r(r["sentiment_avg"]),
-                    recent=_r(r["recent"]),
-                    trend=_trend(r["recent"], r["previous"]),  # type: ignore[arg-type]
-                    samples=r["samples"] or 0,
-                ),
-                merged_into=str(r["merged_into"]) if r["merged_into"] else None,
-            )
-        )
-    return out
+    rows = {r["id"]: r for r in await conn.fetch(SUMMARY_SQL.format(where=BY_IDS), ids)}
+    return [_summary(rows[cid]) for cid in ids if cid in rows]
+
+
+async def summaries_by_identity(conn: asyncpg.Connection, kinds: list[str], value: str) -> list[CustomerSummary]:
+    rows = await conn.fetch(SUMMARY_SQL.format(where=BY_IDENTITY) + " ORDER BY c.last_contact_at DESC NULLS LAST", kinds, value)
+    return [_summary(r) for r in rows]
+
+
+def _summary(r: asyncpg.Record) -> CustomerSummary:
+    return CustomerSummary(
+        customer_id=str(r["id"]),
+        name=r["name"],
+        company=r["company"],
+        plan=r["plan"],
+        identities=[Identity(**i) for i in r["identities"]],
+        open_tickets=r["open_tickets"],
+        last_contact_at=r["last_contact_at"],
+        total_interactions=r["total_interactions"],
+        sentiment=SentimentSummary(
+            average=_r(r["sentiment_avg"]),
+            recent=_r(r["recent"]),
+            trend=_trend(r["recent"], r["previous"]),  # type: ignore[arg-type]
+            samples=r["samples"] or 0,
+        ),
+        merged_into=str(r["merged_into"]) if r["merged_into"] else None,
+    )
 
 
 def parse_uuid(value: str, what: str, finder: str) -> uuid.UUID:
@@ -170,17 +174,15 @@ async def find_customer(crm: Crm, args: FindCustomerInput) -> FindCustomerResult
     kind = _detect(q) if args.kind == "auto" else args.kind
     region = crm.settings.default_region
     async with crm.pool.acquire() as conn:
-        ids: list[uuid.UUID]
+        ids: list[uuid.UUID] = []
+        matches: list[CustomerSummary] | None = None
         if kind == "email":
             norm = normalize_email(q)
-            ids = [r["customer_id"] for r in await conn.fetch(
-                "SELECT customer_id FROM customer_identifiers WHERE kind = 'email' AND value = $1", norm)]
+            matches = await summaries_by_identity(conn, ["email"], norm)
         elif kind in ("phone", "whatsapp"):
             norm = normalize_phone(q, region)
             # The same number is one person whether they used it for calls/SMS or WhatsApp.
-            ids = [r["customer_id"] for r in await conn.fetch(
-                "SELECT DISTINCT customer_id FROM customer_identifiers WHERE kind IN ('phone', 'whatsapp') AND value = $1",
-                norm)]
+            matches = await summaries_by_identity(conn, ["phone", "whatsapp"], norm)
         elif kind == "customer_id":
             cid = parse_uuid(q, "query", "find_customer with an email or name")
             norm = str(cid)
@@ -198,7 +200,9 @@ async def find_customer(crm: Crm, args: FindCustomerInput) -> FindCustomerResult
                 "SELECT id FROM customers WHERE lower(name) LIKE '%' || $1 || '%' AND merged_into IS NULL "
                 "ORDER BY last_contact_at DESC NULLS LAST, created_at DESC LIMIT $2",
                 _like_escape(norm), args.limit)]
-        matches = await load_summaries(conn, ids[: args.limit])
+        if matches is None:
+            matches = await load_summaries(conn, ids[: args.limit])
+    matches = matches[: args.limit]
     note = None
     if not matches:
         note = (
