@@ -151,7 +151,7 @@ async def test_bad_ingest_input_is_clean_and_changes_nothing(db_dsn: str) -> Non
         err = await call_error(client, "ingest_message", **msg("x", "x" * 60_000))
         assert "content" in err
         err = await call_error(client, "ingest_message", **msg("x", "\x00\x01\x02"))
-        assert "empty" in err
+        assert "content" in err  # nothing but control characters: empty once they are stripped
         nested: dict = {}
         cur = nested
         for _ in range(20):
