@@ -228,3 +228,25 @@ def test_embedded_data_dir_shared_by_several_processes() -> None:
                                 capture_output=True, text=True, timeout=120)
         assert status.returncode == 0, status.stderr
         assert json.loads(status.stdout)["counts"]["customers"] == 3
+
+
+async def test_serve_demo_answers_both_eras(db_dsn: str) -> None:
+    """`crm-mcp serve --demo`: demo data loaded once, tools/list and find_customer in both eras."""
+    from .conftest import mcp_client
+
+    demo = json.loads((REPO / "server" / "demo" / "demo_data.json").read_text())
+    first = demo["customers"][0]
+    email = next(i["value"] for i in first["identities"] if i["kind"] == "email")
+    for mode in ("auto", "legacy"):
+        async with mcp_client(db_dsn, "--demo", mode=mode) as client:
+            assert len((await client.list_tools()).tools) >= 15
+            found = await call(client, "find_customer", query=email)
+            assert found["matches"][0]["name"] == first["name"]
+            kb = await call(client, "search_knowledge_base", query="how do I reset my password")
+            assert kb["results"] and not kb["nothing_relevant"]
+    conn = await asyncpg.connect(db_dsn)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM customers") == len(demo["customers"])  # loaded once
+        assert await conn.fetchval("SELECT count(*) FROM knowledge_base") >= 20
+    finally:
+        await conn.close()
