@@ -13,7 +13,6 @@ in --out for flame graphs. No server code is changed: py-spy attaches by pid.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import shutil

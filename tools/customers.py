@@ -533,17 +533,16 @@ async def get_customer_history(crm: Crm, args: HistoryInput) -> HistoryResult:
     trims message text; 'detailed' adds sentiment and delivery status. Use find_customer first
     to get the customer_id; use get_conversation to read one conversation in order."""
     from .formatting import untrusted
-    from .tickets import decode_cursor, encode_cursor
+    from .paging import aware, bounded, decode_cursor, encode_cursor
 
     cur_at = cur_kind = cur_ref = None
     if args.cursor:
-        c = decode_cursor(args.cursor, ("t", "k", "r"))
-        try:
-            cur_at, cur_kind, cur_ref = datetime.fromisoformat(str(c["t"])), str(c["k"]), str(c["r"])
-        except (TypeError, ValueError):
-            raise UserError("cursor is not valid.", hint="Pass next_cursor unchanged.") from None
-        if cur_at.tzinfo is None or cur_kind not in ("message", "ticket", "conversation") or len(cur_ref) > 100:
-            raise UserError("cursor is not valid.", hint="Pass next_cursor unchanged.")
+        def parse(c: dict[str, Any]) -> tuple[datetime, str, str]:
+            if c["k"] not in ("message", "ticket", "conversation"):
+                raise ValueError("unknown kind")
+            return aware(c["t"]), str(c["k"]), bounded(c["r"])
+
+        cur_at, cur_kind, cur_ref = decode_cursor(args.cursor, parse)
     if args.since and args.until and args.since >= args.until:
         raise UserError("since must be earlier than until.")
     detailed = args.response_format == "detailed"

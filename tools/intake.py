@@ -22,7 +22,7 @@ import json
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
-from typing import Any, Literal
+from typing import Any
 
 import asyncpg
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator

@@ -21,7 +21,8 @@ from .errors import Conflict, NotFound, UserError
 from .formatting import render_template, split_message, strip_control_chars, untrusted
 from .models import Out
 from .registry import crm_tool
-from .tickets import add_event, decode_cursor, encode_cursor, normalize_ticket_number
+from .paging import aware, decode_cursor, encode_cursor
+from .tickets import add_event, normalize_ticket_number
 
 DELIVERY_RANK = {"pending": 0, "sent": 1, "delivered": 2, "read": 3}
 FINAL = ("read", "failed")
@@ -314,13 +315,7 @@ async def get_conversation(crm: Crm, args: GetConversationInput) -> GetConversat
     params: list[Any] = [cid, args.limit + 1]
     cond = ""
     if args.cursor:
-        c = decode_cursor(args.cursor, ("t", "i"))
-        try:
-            params += [datetime.fromisoformat(str(c["t"])), uuid.UUID(str(c["i"]))]
-        except (TypeError, ValueError):
-            raise UserError("cursor is not valid.", hint="Pass next_cursor unchanged.") from None
-        if params[2].tzinfo is None:
-            raise UserError("cursor is not valid.", hint="Pass next_cursor unchanged.")
+        params += decode_cursor(args.cursor, lambda c: [aware(c["t"]), uuid.UUID(str(c["i"]))])
         cond = "AND (created_at, id) > ($3, $4)"
     async with crm.pool.acquire() as conn:
         conv = await conn.fetchrow("SELECT * FROM conversations WHERE id = $1", cid)

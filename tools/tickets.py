@@ -14,9 +14,6 @@ and are never sent to the customer."""
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import re
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -30,6 +27,7 @@ from .enums import TicketCategory, TicketPriority, TicketStatus
 from .errors import Conflict, NotFound, UserError
 from .formatting import strip_control_chars, untrusted
 from .models import Out
+from .paging import aware, decode_cursor, encode_cursor
 from .registry import crm_tool
 
 TRANSITIONS: dict[str, tuple[str, ...]] = {
@@ -288,23 +286,6 @@ async def get_ticket(crm: Crm, args: GetTicketInput) -> GetTicketResult:
 # list_tickets ---------------------------------------------------------------------------------
 
 
-def encode_cursor(payload: dict[str, Any]) -> str:
-    return base64.urlsafe_b64encode(json.dumps(payload, separators=(",", ":")).encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str, keys: tuple[str, ...]) -> dict[str, Any]:
-    """Cursors are opaque to clients; anything we did not produce is a clear error."""
-    bad = UserError("cursor is not valid.", hint="Pass the next_cursor value from the previous page unchanged, or omit it to start over.")
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        data = json.loads(raw)
-    except (binascii.Error, ValueError, UnicodeDecodeError):
-        raise bad from None
-    if not isinstance(data, dict) or set(data) != set(keys):
-        raise bad
-    return data
-
-
 class ListTicketsInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
     status: list[TicketStatus] | None = Field(
@@ -375,13 +356,13 @@ async def list_tickets(crm: Crm, args: ListTicketsInput) -> ListTicketsResult:
         conds.append("NOT (t.sla_breached_at IS NOT NULL OR (t.sla_due_at < now() AND t.status NOT IN ('resolved','closed')))")
     rank = "(CASE t.priority WHEN 'critical' THEN 3 WHEN 'high' THEN 2 WHEN 'medium' THEN 1 ELSE 0 END)"
     if args.cursor:
-        c = decode_cursor(args.cursor, ("r", "t", "n"))
-        try:
-            r, ts, n = int(c["r"]), datetime.fromisoformat(str(c["t"])), str(c["n"])
-        except (TypeError, ValueError):
-            raise UserError("cursor is not valid.", hint="Pass next_cursor unchanged.") from None
-        if not (0 <= r <= 3 and ts.tzinfo is not None and re.fullmatch(r"TKT-\d{4,9}", n)):
-            raise UserError("cursor is not valid.", hint="Pass next_cursor unchanged.")
+        def parse(c: dict[str, Any]) -> tuple[int, datetime, str]:
+            r, n = int(c["r"]), str(c["n"])
+            if not (0 <= r <= 3 and _TICKET_RE.fullmatch(n)):
+                raise ValueError("out of range")
+            return r, aware(c["t"]), n
+
+        r, ts, n = decode_cursor(args.cursor, parse)
         params.extend([r, ts, n])
         k = len(params)
         conds.append(f"({rank} < ${k - 2} OR ({rank} = ${k - 2} AND (t.created_at, t.ticket_number) > (${k - 1}, ${k})))")
