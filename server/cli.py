@@ -104,11 +104,14 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         raise SystemExit(130) from None
     except Exception as exc:  # one clear line, not a traceback, for operational failures
+        from crm_mcp.tools.embeddings import EmbeddingConfigError, EmbeddingProviderError
+        from crm_mcp.tools.knowledge import EmbeddingSpaceMismatch
+
         from .db import DatabaseUnavailable
         from .migrate import MigrationError
 
-        if isinstance(exc, (DatabaseUnavailable, MigrationError)) or type(exc).__name__ in (
-                "EmbeddingSpaceMismatch", "EmbeddingConfigError", "EmbeddingProviderError"):
+        operational = (DatabaseUnavailable, MigrationError, EmbeddingSpaceMismatch, EmbeddingConfigError, EmbeddingProviderError)
+        if isinstance(exc, operational):
             print(f"crm-mcp: {exc}", file=sys.stderr)
             raise SystemExit(1) from None
         raise
