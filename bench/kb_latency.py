@@ -27,14 +27,13 @@ What it does
        embedding included;
    (b) the same SQL (VECTOR_SQL + TEXT_SQL + the result-row fetch, same SET LOCALs) directly
        with precomputed query vectors: the floor; vector and text parts also timed alone;
-   (c) HNSW recall@10 vs exact search (index scans disabled) at ef_search 40/80/200
-       (80 is what the tool uses), plus recall@10 with the 1% category filter;
+   (c) HNSW recall@10 vs exact search (index scans disabled) at ef_search 40/80/200/400
+       (tools.knowledge.EF_SEARCH is what the tool uses), plus recall@10 with the 1% category filter;
    (d) filtered search (category 'security', ~1% of rows) through the tool.
    Queries are paraphrased support questions (bench/kb_eval.jsonl plus templated ones),
    embedded for real.
-5. Prints a table with the targets and, when the text query is the slow part, EXPLAIN ANALYZE
-   of it and timings of prototype alternatives (prototyped here only; tools/knowledge.py is not
-   changed).
+5. Prints a table with the targets and, when a target is missed (or with --investigate),
+   EXPLAIN ANALYZE of the text query and the same timings for the old plain-OR text query.
 """
 
 from __future__ import annotations
@@ -505,7 +504,7 @@ async def sql_hybrid(conn: asyncpg.Connection, q: str, v: np.ndarray, category: 
         t1 = time.perf_counter()
         vrows = await conn.fetch(VECTOR_SQL, v, category, CANDIDATES)
         t2 = time.perf_counter()
-        extra = (SELECTIVE_THRESHOLD,) if text_sql is not TEXT_SQL else (COMMON_FREQ, SELECTIVE_FROM_ROWS)
+        extra = () if text_sql is not TEXT_SQL else (COMMON_FREQ, SELECTIVE_FROM_ROWS)
         trows = await conn.fetch(text_sql, q, category, CANDIDATES, *extra)
         t3 = time.perf_counter()
     ids: dict[Any, int] = {}
@@ -633,24 +632,13 @@ async def measure_recall(dsn: str, qv: np.ndarray, fqv: np.ndarray, efs: list[in
             await conn.close()
 
 
-# Prototype of a cheaper text query (measured here only; tools/knowledge.py is not changed):
-# MATCH on the query's selective lexemes only -- those in at most $4 (0.5%) of chunks according
-# to ANALYZE's statistics of kb_chunks.tsv (pg_stats.most_common_elems; a lexeme not listed
-# there is rarer than every listed one) -- and fall back to the AND of all lexemes when none is
-# selective. The GIN bitmap stays small, so only a few rows are detoasted and ranked.
-SELECTIVE_THRESHOLD = 0.005
-TEXT_SELECTIVE_SQL = """
-WITH lex AS (
-    SELECT DISTINCT lexeme FROM unnest(tsvector_to_array(to_tsvector('english', $1))) AS lexeme
-), freq AS (
-    SELECT e.lexeme, e.freq
-    FROM pg_stats s, unnest(s.most_common_elems::text::text[], s.most_common_elem_freqs) AS e(lexeme, freq)
-    WHERE s.schemaname = current_schema() AND s.tablename = 'kb_chunks' AND s.attname = 'tsv' AND e.lexeme IS NOT NULL
-), q AS (
-    SELECT to_tsquery('english', coalesce(
-               (SELECT string_agg(quote_literal(l.lexeme), ' | ') FROM lex l LEFT JOIN freq f USING (lexeme)
-                WHERE coalesce(f.freq, 0) <= $4),
-               (SELECT string_agg(quote_literal(lexeme), ' & ') FROM lex))) AS tsq
+# The text arm as it was before tools/knowledge.py adopted rare-lexeme matching: an OR of every
+# lexeme, which on a large table matches ~92% of passages and ranks them all. Kept as the
+# comparison ("before") in the text-query investigation.
+TEXT_PLAIN_OR_SQL = """
+WITH q AS (
+    SELECT to_tsquery('english', string_agg(quote_literal(lexeme), ' | ')) AS tsq
+    FROM unnest(tsvector_to_array(to_tsvector('english', $1))) AS lexeme
 )
 SELECT c.article_id, c.id AS chunk_id, ts_rank_cd(c.tsv, q.tsq, 32) AS rank
 FROM kb_chunks c, q
@@ -717,7 +705,7 @@ async def investigate_text(dsn: str, queries: list[str], fqueries: list[str], qv
             if b.over(i):
                 break
             t0 = time.perf_counter()
-            rows = await conn.fetch(TEXT_SELECTIVE_SQL, q, None, CANDIDATES, SELECTIVE_THRESHOLD)
+            rows = await conn.fetch(TEXT_PLAIN_OR_SQL, q, None, CANDIDATES)
             lat.append((time.perf_counter() - t0) * 1000)
             nonempty += bool(rows)
         out["proto_text"] = summary(lat) | {"share_nonempty": round(nonempty / len(lat), 3)}
@@ -725,13 +713,13 @@ async def investigate_text(dsn: str, queries: list[str], fqueries: list[str], qv
         for i, q in enumerate(queries):
             if i >= len(lat):
                 break
-            tot.append((await sql_hybrid(conn, q, qv[i], None, TEXT_SELECTIVE_SQL))[0])
+            tot.append((await sql_hybrid(conn, q, qv[i], None, TEXT_PLAIN_OR_SQL))[0])
         for i, q in enumerate(fqueries):
-            ftot.append((await sql_hybrid(conn, q, fqv[i], FILTER_CATEGORY, TEXT_SELECTIVE_SQL))[0])
+            ftot.append((await sql_hybrid(conn, q, fqv[i], FILTER_CATEGORY, TEXT_PLAIN_OR_SQL))[0])
         out["proto_hybrid"] = summary(tot)
         out["proto_hybrid_filtered"] = summary(ftot)
         codeq = [q for q in queries if CODE_RE.search(q)]
-        ph, pn = await _code_hit_at5(conn, TEXT_SELECTIVE_SQL, codeq, Budget(budget_s / 6), SELECTIVE_THRESHOLD)
+        ph, pn = await _code_hit_at5(conn, TEXT_PLAIN_OR_SQL, codeq, Budget(budget_s / 6))
         ch, cn = await _code_hit_at5(conn, TEXT_SQL, codeq, Budget(budget_s / 4, min_n=5), COMMON_FREQ, SELECTIVE_FROM_ROWS)
         out["code_hit_at5"] = {"current": round(ch, 3), "current_n": cn, "proto": round(ph, 3), "proto_n": pn}
     finally:
@@ -855,12 +843,12 @@ def print_report(rep: dict[str, Any]) -> None:
     print("-" * 100)
     inv_sizes = [s for s in sizes if s.get("text_investigation")]
     if inv_sizes:
-        print("prototype: text arm matching only selective lexemes (<= 0.5% of chunks per pg_stats), AND fallback")
+        print("before: text arm as a plain OR of every lexeme (the tool now matches only rare lexemes on large tables)")
         row("    proto text part p50 / p95 ms", [f"{s['text_investigation']['proto_text']['p50_ms']:.1f}/{s['text_investigation']['proto_text']['p95_ms']:.1f}" if s.get('text_investigation') else "-" for s in sizes])
         row("    proto text arm non-empty share", [f"{s['text_investigation']['proto_text']['share_nonempty']:.2f}" if s.get('text_investigation') else "-" for s in sizes])
         row("    proto hybrid SQL p50 / p95 ms", [f"{s['text_investigation']['proto_hybrid']['p50_ms']:.1f}/{s['text_investigation']['proto_hybrid']['p95_ms']:.1f}" if s.get('text_investigation') else "-" for s in sizes])
         row("    proto hybrid SQL filtered p50 / p95 ms", [f"{s['text_investigation']['proto_hybrid_filtered']['p50_ms']:.1f}/{s['text_investigation']['proto_hybrid_filtered']['p95_ms']:.1f}" if s.get('text_investigation') else "-" for s in sizes])
-        row("    error-code queries: code in text top-5 (cur|proto)", [
+        row("    error-code queries: code in text top-5 (now|before)", [
             f"{s['text_investigation']['code_hit_at5']['current']:.2f}|{s['text_investigation']['code_hit_at5']['proto']:.2f}" if s.get('text_investigation') else "-" for s in sizes])
         print("-" * 100)
     for s in inv_sizes:
