@@ -153,50 +153,39 @@ async def channel_config(conn: asyncpg.Connection, channel: str) -> dict[str, An
     }
 
 
-FIGURES_SQL = """
-SELECT
-  (SELECT count(*) FROM conversations WHERE started_at >= $1 AND started_at < $2) AS conversations_started,
-  (SELECT count(*) FROM messages WHERE direction = 'inbound' AND created_at >= $1 AND created_at < $2) AS messages_in,
-  (SELECT count(*) FROM messages WHERE direction = 'outbound' AND role IN ('agent', 'human')
-      AND created_at >= $1 AND created_at < $2) AS messages_out,
-  (SELECT count(*) FROM tickets WHERE created_at >= $1 AND created_at < $2) AS tickets_opened,
-  (SELECT count(*) FROM tickets WHERE resolved_at >= $1 AND resolved_at < $2) AS tickets_resolved,
-  (SELECT count(*) FROM tickets WHERE escalated_at >= $1 AND escalated_at < $2) AS tickets_escalated,
-  (SELECT count(*) FROM tickets WHERE sla_breached_at >= $1 AND sla_breached_at < $2) AS sla_breaches,
-  (SELECT avg(sentiment) FROM messages WHERE direction = 'inbound' AND sentiment IS NOT NULL
-      AND created_at >= $1 AND created_at < $2) AS average_sentiment,
-  (SELECT avg(extract(epoch FROM first_response_at - created_at)) FROM tickets
-      WHERE first_response_at >= $1 AND first_response_at < $2) AS avg_first_response_s,
-  (SELECT count(*) FROM tickets WHERE status NOT IN ('resolved', 'closed')) AS open_tickets_now
-"""
-
-BY_CHANNEL_SQL = """
-SELECT channel, count(*) FILTER (WHERE direction = 'inbound') AS messages_in,
-       count(*) FILTER (WHERE direction = 'outbound' AND role IN ('agent', 'human')) AS messages_out
-FROM messages WHERE created_at >= $1 AND created_at < $2 GROUP BY channel ORDER BY channel
+# Point-in-time figures that get_metrics (a period's activity) does not report.
+EXTRAS_SQL = """
+SELECT (SELECT count(*) FROM tickets WHERE sla_breached_at >= $1 AND sla_breached_at < $2) AS sla_breaches,
+       (SELECT count(*) FROM tickets WHERE status NOT IN ('resolved', 'closed')) AS open_tickets_now
 """
 
 
 async def figures(conn: asyncpg.Connection, start: datetime, end: datetime) -> dict[str, Any]:
-    """Support figures for [start, end). Messages out counts agent and human replies (not system notes)."""
-    r = await conn.fetchrow(FIGURES_SQL, start, end)
-    by_channel = {x["channel"]: {"messages_in": x["messages_in"], "messages_out": x["messages_out"]}
-                  for x in await conn.fetch(BY_CHANNEL_SQL, start, end)}
-    avg = r["average_sentiment"]
-    frt = r["avg_first_response_s"]
+    """Support figures for [start, end), with get_metrics' definitions (tools/metrics.py)."""
+    from crm_mcp.tools.metrics import compute
+
+    m = await compute(conn, start, end)
+    total = next(c for c in m.channels if c.channel == "total")
+    extras = await conn.fetchrow(EXTRAS_SQL, start, end)
     return {
         "window": {"start": start, "end": end},
-        "conversations_started": r["conversations_started"],
-        "messages_in": r["messages_in"],
-        "messages_out": r["messages_out"],
-        "tickets_opened": r["tickets_opened"],
-        "tickets_resolved": r["tickets_resolved"],
-        "tickets_escalated": r["tickets_escalated"],
-        "sla_breaches": r["sla_breaches"],
-        "average_sentiment": None if avg is None else round(float(avg), 3),
-        "average_first_response_seconds": None if frt is None else round(float(frt), 1),
-        "open_tickets_now": r["open_tickets_now"],
-        "by_channel": by_channel,
+        "conversations_started": total.conversations,
+        "messages_in": total.messages_in,
+        "messages_out": total.messages_out,
+        "tickets_opened": total.tickets_opened,
+        "tickets_resolved": total.tickets_resolved,
+        "tickets_escalated": total.tickets_escalated,
+        "escalation_rate": total.escalation_rate.value,
+        "sla_breaches": extras["sla_breaches"],
+        "average_sentiment": total.avg_sentiment,
+        "median_first_response_seconds": total.first_response_s.median,
+        "ai_resolution_rate": total.ai_resolution_rate.value,
+        "csat": total.csat.value,
+        "open_tickets_now": extras["open_tickets_now"],
+        "by_channel": {
+            c.channel: {"messages_in": c.messages_in, "messages_out": c.messages_out}
+            for c in m.channels if c.channel != "total" and (c.messages_in or c.messages_out)
+        },
     }
 
 

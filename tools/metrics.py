@@ -264,14 +264,20 @@ async def get_metrics(crm: Crm, args: GetMetricsInput) -> MetricsResult:
     else:
         until = datetime.now(timezone.utc)
         since = until - WINDOWS[args.window or "24h"]
-    merged: dict[str, dict[str, Any]] = {c: {} for c in (*CHANNELS, "total")}
     async with crm.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-        for sql in QUERIES:
-            for row in await conn.fetch(sql, since, until, args.channel):
-                key = "total" if row["is_total"] else row["channel"]
-                if key in merged:  # rows with no channel recorded count only in the total
-                    merged[key].update({k: v for k, v in row.items() if k not in ("channel", "is_total")})
-    names = [args.channel, "total"] if args.channel else [*CHANNELS, "total"]
+        return await compute(conn, since, until, args.channel)
+
+
+async def compute(conn: asyncpg.Connection, since: datetime, until: datetime, channel: str | None = None) -> MetricsResult:
+    """The figures of get_metrics for [since, until); also used by the metrics resource and the
+    daily_report prompt, so every surface reports the same definitions."""
+    merged: dict[str, dict[str, Any]] = {c: {} for c in (*CHANNELS, "total")}
+    for sql in QUERIES:
+        for row in await conn.fetch(sql, since, until, channel):
+            key = "total" if row["is_total"] else row["channel"]
+            if key in merged:  # rows with no channel recorded count only in the total
+                merged[key].update({k: v for k, v in row.items() if k not in ("channel", "is_total")})
+    names = [channel, "total"] if channel else [*CHANNELS, "total"]
     return MetricsResult(since=since, until=until, channels=[_entry(name, merged[name]) for name in names])
 
 
