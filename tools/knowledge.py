@@ -42,6 +42,17 @@ class EmbeddingSpaceMismatch(Exception):
     pass
 
 
+def _version_tuple(v: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in re.findall(r"\d+", v)[:3])
+
+
+async def _index_settings(crm: Crm, conn: asyncpg.Connection) -> None:
+    await conn.execute(f"SET LOCAL hnsw.ef_search = {EF_SEARCH}")
+    # Filtered HNSW scans stop early and return too few rows unless iterative scans are on.
+    if crm.extras.get("pgvector_iterative_scan", True):
+        await conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+
+
 def embedder_key(e: Embedder) -> str:
     return f"{e.provider}/{e.model}"
 
@@ -56,9 +67,12 @@ def get_embedder(crm: Crm) -> Embedder:
 
 
 async def check_embedding_space(crm: Crm) -> None:
-    """Refuse to serve vectors made by another embedder than the configured one."""
+    """Refuse to serve vectors made by another embedder than the configured one; note whether
+    pgvector has iterative index scans (0.8+; external servers may run 0.7)."""
     emb = get_embedder(crm)
     async with crm.pool.acquire() as conn:
+        version = await conn.fetchval("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
+        crm.extras["pgvector_iterative_scan"] = _version_tuple(version or "0") >= (0, 8)
         row = await conn.fetchrow("SELECT provider, model, dimension FROM embedding_space")
         stored = await conn.fetchval("SELECT count(*) FROM kb_chunks WHERE embedding IS NOT NULL")
     if row is None:
@@ -323,10 +337,7 @@ async def hybrid_search(
     qvec = await emb.embed_query(query) if mode != "text" else None
     async with crm.pool.acquire() as conn, conn.transaction():
         if qvec is not None:
-            # Filtered HNSW scans stop early and return too few rows unless iterative scans
-            # are on (pgvector >= 0.8); ef_search bounds the work per query.
-            await conn.execute(f"SET LOCAL hnsw.ef_search = {EF_SEARCH}")
-            await conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+            await _index_settings(crm, conn)
             vrows = await conn.fetch(VECTOR_SQL, qvec, category, CANDIDATES)
         else:
             vrows = []
@@ -518,7 +529,7 @@ async def search_products(crm: Crm, args: SearchProductsInput) -> SearchProducts
         raise UserError("query is empty.")
     qvec = await get_embedder(crm).embed_query(query)
     async with crm.pool.acquire() as conn, conn.transaction():
-        await conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+        await _index_settings(crm, conn)
         rows = await conn.fetch(PRODUCT_SQL, qvec, query, args.max_price, args.limit)
     return SearchProductsResult(results=[
         ProductResult(external_id=r["external_id"], title=r["title"], description=_snippet(r["description"], 300),
