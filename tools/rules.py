@@ -467,19 +467,7 @@ def _leads(alt: str, *, end_is_word_end: bool = True) -> frozenset[_Lead] | None
     non-optional ``(?:a|b)`` has the leads of its branches.
     """
     if alt.startswith("(?:"):
-        depth, i = 0, 0
-        while i < len(alt):
-            ch = alt[i]
-            if ch == "\\":
-                i += 2
-                continue
-            if ch == "(":
-                depth += 1
-            elif ch == ")":
-                depth -= 1
-                if depth == 0:
-                    break
-            i += 1
+        i = _group_end(alt)
         nxt, after = alt[i + 1 : i + 2], alt[i + 2 : i + 3]
         if nxt and nxt in _QUANTIFIERS:
             return None
@@ -512,11 +500,8 @@ def _leads(alt: str, *, end_is_word_end: bool = True) -> frozenset[_Lead] | None
     return frozenset([(alt[:n], exact)])
 
 
-def _distribute(alt: str) -> list[str]:
-    """``(?:a|b)rest`` -> ``["arest", "brest"]`` (recursively), so that every alternative starts
-    with a literal; a quantified leading group is left alone."""
-    if not alt.startswith("(?:"):
-        return [alt]
+def _group_end(alt: str) -> int:
+    """Index of the ``)`` closing the group that opens ``alt`` (escapes skipped), or len(alt)."""
     depth, i = 0, 0
     while i < len(alt):
         ch = alt[i]
@@ -530,6 +515,15 @@ def _distribute(alt: str) -> list[str]:
             if depth == 0:
                 break
         i += 1
+    return i
+
+
+def _distribute(alt: str) -> list[str]:
+    """``(?:a|b)rest`` -> ``["arest", "brest"]`` (recursively), so that every alternative starts
+    with a literal; a quantified leading group is left alone."""
+    if not alt.startswith("(?:"):
+        return [alt]
+    i = _group_end(alt)
     rest = alt[i + 1 :]
     if rest[:1] and rest[:1] in "?*+{":
         return [alt]
