@@ -42,7 +42,6 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import random
 import re
 import shutil
@@ -53,7 +52,6 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import asyncpg
@@ -63,6 +61,8 @@ if __package__ in (None, ""):  # python bench/kb_latency.py
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pgvector.asyncpg import register_vector  # noqa: E402
+
+from bench.common import log, machine, with_db  # noqa: E402
 
 from crm_mcp.tools.embeddings import LocalEmbedder  # noqa: E402
 from crm_mcp.tools.knowledge import CANDIDATES, COMMON_FREQ, SELECTIVE_FROM_ROWS, TEXT_SQL, VECTOR_SQL  # noqa: E402
@@ -337,11 +337,6 @@ def nn_cosine_stats(vecs: np.ndarray, sample: np.ndarray, exclude_self: bool = T
 # --------------------------------------------------------------------------------------------
 
 
-def _with_db(dsn: str, dbname: str) -> str:
-    parts = urlsplit(dsn)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + dbname, parts.query, parts.fragment))
-
-
 async def _connect(dsn: str) -> asyncpg.Connection:
     conn = await asyncpg.connect(dsn)
     await register_vector(conn)
@@ -421,11 +416,6 @@ async def load_rows(dsn: str, ds: Dataset, lo: int, hi: int) -> dict[str, float]
 # --------------------------------------------------------------------------------------------
 
 
-_T0 = time.perf_counter()
-
-
-def log(msg: str) -> None:
-    print(f"[bench {time.perf_counter() - _T0:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -731,33 +721,6 @@ async def investigate_text(dsn: str, queries: list[str], fqueries: list[str], qv
 # --------------------------------------------------------------------------------------------
 
 
-def machine_info() -> dict[str, Any]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = None
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                mem = round(int(line.split()[1]) / 1024 / 1024, 1)
-    except OSError:
-        pass
-    return {"nproc": os.cpu_count(), "cpu_model": cpu, "mem_gb": mem, "python": platform.python_version(),
-            "platform": platform.platform(), "loadavg_start": _loadavg()}
-
-
-def _loadavg() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "?"
-
-
 async def db_info(dsn: str) -> dict[str, Any]:
     conn = await asyncpg.connect(dsn)
     try:
@@ -786,8 +749,8 @@ def print_report(rep: dict[str, Any]) -> None:
     print()
     print("=" * 100)
     print("crm-mcp knowledge-base search latency")
-    print(f"machine : {m['nproc']} cores, {m['cpu_model']}, {m['mem_gb']} GB RAM; Python {m['python']}; "
-          f"load average at start {m['loadavg_start']}, at end {m.get('loadavg_end')} (other processes share the cores)")
+    print(f"machine : {m['nproc']} cores, {m['cpu_model']}, {m['mem_gib']} GiB RAM; Python {m['python']}; "
+          f"load average at start {m['loadavg_at_start']}, at end {m.get('loadavg_at_end')} (other processes share the cores)")
     print(f"database: PostgreSQL {d['postgres']}, pgvector {d['pgvector']}, shared_buffers {d['shared_buffers']}, "
           f"work_mem {d['work_mem']}, jit {d['jit']} ({rep['db_mode']})")
     ds = rep["dataset"]
@@ -863,7 +826,7 @@ def print_report(rep: dict[str, Any]) -> None:
 async def run(ns: argparse.Namespace) -> dict[str, Any]:
     t_start = time.perf_counter()
     sizes = sorted(ns.sizes)
-    rep: dict[str, Any] = {"machine": machine_info(), "efs": ns.ef, "sizes": []}
+    rep: dict[str, Any] = {"machine": machine(), "efs": ns.ef, "sizes": []}
     external = os.environ.get("CRM_DATABASE_URL")
     tmp: Path | None = None
     settings = None
@@ -888,7 +851,7 @@ async def run(ns: argparse.Namespace) -> dict[str, Any]:
             created_db = True
         finally:
             await admin.close()
-        dsn = _with_db(admin_dsn, dbname)
+        dsn = with_db(admin_dsn, dbname)
         from crm_mcp.server.migrate import migrate
 
         conn = await asyncpg.connect(dsn)
@@ -998,7 +961,7 @@ async def run(ns: argparse.Namespace) -> dict[str, Any]:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
     rep["wall_s"] = time.perf_counter() - t_start
-    rep["machine"]["loadavg_end"] = _loadavg()
+    rep["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     return rep
 
 

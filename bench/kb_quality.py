@@ -18,11 +18,11 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import asyncpg
 
+from bench.common import with_db
 from crm_mcp.server.app import open_crm
 from crm_mcp.server.config import load_settings
 from crm_mcp.server.db import embedded_pgdata, start_embedded, stop_embedded
@@ -32,11 +32,6 @@ ROOT = Path(__file__).resolve().parent.parent
 EVAL = ROOT / "bench" / "kb_eval.jsonl"
 KB = ROOT / "server" / "demo" / "kb"
 MODES = ("vector", "text", "hybrid")
-
-
-def _with_db(dsn: str, name: str) -> str:
-    p = urlsplit(dsn)
-    return urlunsplit((p.scheme, p.netloc, "/" + name, p.query, p.fragment))
 
 
 async def evaluate(dsn: str) -> dict[str, dict[str, float]]:
@@ -82,7 +77,7 @@ async def main_async(args: argparse.Namespace) -> dict:
     await admin.execute(f"CREATE DATABASE {name}")
     await admin.close()
     try:
-        return await evaluate(_with_db(admin_dsn, name))
+        return await evaluate(with_db(admin_dsn, name))
     finally:
         admin = await asyncpg.connect(admin_dsn)
         await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
