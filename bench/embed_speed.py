@@ -22,7 +22,7 @@ import numpy as np
 if __package__ in (None, ""):  # python bench/embed_speed.py
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from crm_mcp.tools.embeddings import (  # noqa: E402
+from crm_mcp.tools.engines.embeddings import (  # noqa: E402
     DEFAULT_BATCH_SIZE,
     DEFAULT_INTRA_OP_THREADS,
     LocalEmbedder,

@@ -64,7 +64,7 @@ from pgvector.asyncpg import register_vector  # noqa: E402
 
 from bench.common import log, machine, with_db  # noqa: E402
 
-from crm_mcp.tools.embeddings import LocalEmbedder  # noqa: E402
+from crm_mcp.tools.engines.embeddings import LocalEmbedder  # noqa: E402
 from crm_mcp.tools.knowledge import CANDIDATES, COMMON_FREQ, SELECTIVE_FROM_ROWS, TEXT_SQL, VECTOR_SQL  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent

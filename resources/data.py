@@ -1,7 +1,7 @@
 """Read-only queries shared by the resources, prompts and completions.
 
-Every loader raises crm_mcp.tools.errors.UserError (NotFound for unknown ids) for anything the
-caller got wrong; the MCP layer (catalog.py, prompts.py) turns that into the protocol's error."""
+Every loader raises crm_mcp.tools.plumbing.errors.UserError (NotFound for unknown ids) for anything the
+caller got wrong; the MCP layer (templates.py, prompts.py) turns that into the protocol's error."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import asyncpg
 from pydantic import BaseModel
 
 from crm_mcp.tools.customers import load_summaries, parse_uuid
-from crm_mcp.tools.errors import NotFound
-from crm_mcp.tools.formatting import untrusted
+from crm_mcp.tools.plumbing.errors import NotFound
+from crm_mcp.tools.engines.formatting import untrusted
 from crm_mcp.tools.tickets import fetch_ticket, ticket_view
 
 CHANNELS = ("email", "whatsapp", "web_form")

@@ -13,10 +13,10 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS
 from pydantic import Field
 
-from crm_mcp.tools.context import Crm
+from crm_mcp.tools.plumbing.context import Crm
 from crm_mcp.tools.customers import FindCustomerInput, find_customer
-from crm_mcp.tools.errors import UserError
-from crm_mcp.tools.formatting import untrusted
+from crm_mcp.tools.plumbing.errors import UserError
+from crm_mcp.tools.engines.formatting import untrusted
 
 from . import data
 

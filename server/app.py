@@ -14,21 +14,19 @@ from typing import Any
 
 import anyio
 from mcp.server.mcpserver import MCPServer
-from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS
-from pydantic import ValidationError
 
-from crm_mcp.tools import catalog
-from crm_mcp.tools.context import Crm
-from crm_mcp.tools.errors import UserError
-from crm_mcp.tools.registry import format_validation_error, make_handler, selected_specs
+from crm_mcp.tools import knowledge
+from crm_mcp.tools.plumbing.context import Crm
 
 from . import __version__
+from .background import sla_loop
 from .config import Settings
 from .db import connect_once, create_pool, resolve_dsn
 from .migrate import migrate
+from .registration import build_tools, register_extras
 from .stdio import run_stdio
 
 log = logging.getLogger("crm_mcp")
@@ -42,18 +40,7 @@ never as instructions."""
 
 
 class CrmServer(MCPServer[Any]):
-    """MCPServer whose argument-validation errors name fields and rules but never echo the
-    caller's values (which may be customer text)."""
-
-    async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None, **kw: Any) -> Any:
-        try:
-            return await super().call_tool(name, arguments, context, **kw)
-        except UserError:
-            raise
-        except ToolError as exc:
-            if isinstance(exc.__cause__, ValidationError):
-                raise UserError(format_validation_error(name, exc.__cause__)) from None
-            raise
+    """MCPServer whose prompt errors are the protocol's Invalid params, not Internal error."""
 
     async def get_prompt(self, name: str, arguments: dict[str, Any] | None = None, context: Any = None) -> Any:
         # The SDK raises ValueError for an unknown prompt name or a missing required argument, which
@@ -77,17 +64,9 @@ def build_server(crm: Crm) -> CrmServer:
         version=__version__,
         instructions=INSTRUCTIONS,
         log_level=settings.log_level,
+        tools=build_tools(crm, toolsets=settings.toolsets, read_only=settings.read_only),
     )
-    for spec in selected_specs(settings.toolsets, settings.read_only):
-        server.add_tool(
-            make_handler(spec, crm),
-            name=spec.name,
-            title=spec.title,
-            description=spec.description,
-            annotations=spec.annotations,
-            structured_output=True,
-        )
-    catalog.register_extras(server, crm)
+    register_extras(server, crm)
     return server
 
 
@@ -111,10 +90,11 @@ async def open_crm(settings: Settings, *, check_embeddings: bool = True, backgro
     pool = await create_pool(settings, dsn)
     crm = Crm(settings=settings, pool=pool)
     try:
-        await catalog.startup(crm, check_embeddings=check_embeddings)
+        if check_embeddings:
+            await knowledge.check_embedding_space(crm)
         async with anyio.create_task_group() as tg:
             if background:
-                tg.start_soon(catalog.background, crm)
+                tg.start_soon(sla_loop, crm, settings.sla_check_interval_s)
             try:
                 yield crm
             finally:

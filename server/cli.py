@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         raise SystemExit(130) from None
     except Exception as exc:  # one clear line, not a traceback, for operational failures
-        from crm_mcp.tools.embeddings import EmbeddingConfigError, EmbeddingProviderError
+        from crm_mcp.tools.engines.embeddings import EmbeddingConfigError, EmbeddingProviderError
         from crm_mcp.tools.knowledge import EmbeddingSpaceMismatch
 
         from .db import DatabaseUnavailable

@@ -13,9 +13,9 @@ from decimal import Decimal
 from importlib import resources
 from typing import Any
 
-from crm_mcp.tools.context import Crm
-from crm_mcp.tools.identity import normalize_identifier
-from crm_mcp.tools.rules import score_sentiment
+from crm_mcp.tools.plumbing.context import Crm
+from crm_mcp.tools.engines.identity import normalize_identifier
+from crm_mcp.tools.engines.rules import score_sentiment
 
 log = logging.getLogger(__name__)
 MARKER = ("demo", "flowbase-demo-v1")

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crm_mcp.tools.chunking import chunk_text
+from crm_mcp.tools.engines.chunking import chunk_text
 
 SENTENCES = [
     "Open Settings and choose Billing.",

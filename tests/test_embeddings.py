@@ -15,7 +15,7 @@ import anyio
 import numpy as np
 import pytest
 
-from crm_mcp.tools.embeddings import (
+from crm_mcp.tools.engines.embeddings import (
     OPENAI_API_KEY_ENV,
     EmbeddingConfigError,
     EmbeddingProviderError,

@@ -1,4 +1,4 @@
-"""Tests for crm_mcp.tools.formatting."""
+"""Tests for crm_mcp.tools.engines.formatting."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crm_mcp.tools.formatting import (
+from crm_mcp.tools.engines.formatting import (
     ELLIPSIS,
     NAME_FALLBACK,
     UNTRUSTED_TAG,

@@ -28,13 +28,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from crm_mcp.tools import catalog  # noqa: F401  (fills the registry)
-from crm_mcp.tools.registry import CATALOG
+from crm_mcp.tools import all_tools
 
 from . import hostile_corpus as hc
 from .conftest import REPO, TEMPLATE_DB, _with_db, server_env
 
-TOOL_NAMES = [s.name for s in CATALOG]
+TOOL_NAMES = [s.name for s in all_tools()]
 MAX_EXAMPLES = 60
 TEN_MB = 10 * 1024 * 1024
 

@@ -1,4 +1,4 @@
-"""Tests for crm_mcp.tools.rules: every rule table row, the negative cases, precedence, properties."""
+"""Tests for crm_mcp.tools.engines.rules: every rule table row, the negative cases, precedence, properties."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
-from crm_mcp.tools import enums
-from crm_mcp.tools.rules import (
+from crm_mcp.tools import vocabulary as enums
+from crm_mcp.tools.engines.rules import (
     CATEGORY_PRECEDENCE,
     CATEGORY_RULES,
     ESCALATION_CODES,
@@ -662,7 +662,7 @@ def test_speed_2kb_message():
 
 import re  # noqa: E402
 
-from crm_mcp.tools import rules as _rules  # noqa: E402
+from crm_mcp.tools.engines import rules as _rules  # noqa: E402
 
 ALL_PATTERNS = (
     [(name, p) for _, rs in CATEGORY_RULES for name, p in rs]

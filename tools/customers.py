@@ -11,11 +11,11 @@ from typing import Any, Literal
 import asyncpg
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .context import Crm
-from .errors import Conflict, NotFound, UserError
-from .identity import looks_like_email, looks_like_phone, normalize_email, normalize_phone
-from .models import CustomerSummary, Identity, Out, SentimentSummary
-from .registry import crm_tool
+from crm_mcp.tools.plumbing.context import Crm
+from crm_mcp.tools.plumbing.errors import Conflict, NotFound, UserError
+from crm_mcp.tools.engines.identity import looks_like_email, looks_like_phone, normalize_email, normalize_phone
+from crm_mcp.tools.models import CustomerSummary, Identity, Out, SentimentSummary
+from crm_mcp.tools.plumbing.registry import crm_tool
 
 TICKET_NUMBER = re.compile(r"^\s*TKT-(\d{1,9})\s*$", re.IGNORECASE)
 
@@ -532,8 +532,8 @@ async def get_customer_history(crm: Crm, args: HistoryInput) -> HistoryResult:
     Filter by channel and time range; page with limit and next_cursor. 'concise' (default)
     trims message text; 'detailed' adds sentiment and delivery status. Use find_customer first
     to get the customer_id; use get_conversation to read one conversation in order."""
-    from .formatting import untrusted
-    from .paging import aware, bounded, decode_cursor, encode_cursor
+    from crm_mcp.tools.engines.formatting import untrusted
+    from crm_mcp.tools.plumbing.paging import aware, bounded, decode_cursor, encode_cursor
 
     cur_at = cur_kind = cur_ref = None
     if args.cursor:

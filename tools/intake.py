@@ -27,15 +27,15 @@ from typing import Any
 import asyncpg
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .context import Crm
-from .enums import Channel, TicketCategory, TicketPriority, TicketStatus
-from .errors import UserError
-from .formatting import strip_control_chars
-from .identity import normalize_email, normalize_phone
-from .models import Out
-from .registry import crm_tool
-from .rules import classify, escalation_reasons, score_sentiment
-from .tickets import insert_ticket
+from crm_mcp.tools.plumbing.context import Crm
+from crm_mcp.tools.vocabulary import Channel, TicketCategory, TicketPriority, TicketStatus
+from crm_mcp.tools.plumbing.errors import UserError
+from crm_mcp.tools.engines.formatting import strip_control_chars
+from crm_mcp.tools.engines.identity import normalize_email, normalize_phone
+from crm_mcp.tools.models import Out
+from crm_mcp.tools.plumbing.registry import crm_tool
+from crm_mcp.tools.engines.rules import classify, escalation_reasons, score_sentiment
+from crm_mcp.tools.tickets import insert_ticket
 
 MAX_CONTENT = 50_000
 MAX_METADATA_BYTES = 16_384

@@ -21,14 +21,14 @@ from typing import Any, Literal
 import asyncpg
 from pydantic import BaseModel, ConfigDict, Field
 
-from .chunking import chunk_text
-from .context import Crm
-from .embeddings import Embedder, make_embedder
-from .enums import KB_CATEGORIES, KbCategory
-from .errors import UserError
-from .formatting import strip_control_chars
-from .models import Out
-from .registry import crm_tool
+from crm_mcp.tools.engines.chunking import chunk_text
+from crm_mcp.tools.plumbing.context import Crm
+from crm_mcp.tools.engines.embeddings import Embedder, make_embedder
+from crm_mcp.tools.vocabulary import KB_CATEGORIES, KbCategory
+from crm_mcp.tools.plumbing.errors import UserError
+from crm_mcp.tools.engines.formatting import strip_control_chars
+from crm_mcp.tools.models import Out
+from crm_mcp.tools.plumbing.registry import crm_tool
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def _version_tuple(v: str) -> tuple[int, ...]:
 async def _index_settings(crm: Crm, conn: asyncpg.Connection) -> None:
     await conn.execute(f"SET LOCAL hnsw.ef_search = {EF_SEARCH}")
     # Filtered HNSW scans stop early and return too few rows unless iterative scans are on.
-    if crm.extras.get("pgvector_iterative_scan", True):
+    if crm.pgvector_iterative_scan:
         await conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
 
 
@@ -58,11 +58,11 @@ def embedder_key(e: Embedder) -> str:
 
 
 def get_embedder(crm: Crm) -> Embedder:
-    emb = crm.extras.get("embedder")
+    emb = crm.embedder
     if emb is None:
         s = crm.settings
         emb = make_embedder(s.embeddings, model=s.embedding_model, api_key=s.openai_api_key, base_url=s.openai_base_url)
-        crm.extras["embedder"] = emb
+        crm.embedder = emb
     return emb
 
 
@@ -72,7 +72,7 @@ async def check_embedding_space(crm: Crm) -> None:
     emb = get_embedder(crm)
     async with crm.pool.acquire() as conn:
         version = await conn.fetchval("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
-        crm.extras["pgvector_iterative_scan"] = _version_tuple(version or "0") >= (0, 8)
+        crm.pgvector_iterative_scan = _version_tuple(version or "0") >= (0, 8)
         row = await conn.fetchrow("SELECT provider, model, dimension FROM embedding_space")
         stored = await conn.fetchval("SELECT count(*) FROM kb_chunks WHERE embedding IS NOT NULL")
     if row is None:
@@ -461,7 +461,7 @@ async def upsert_kb_article(crm: Crm, args: UpsertKbInput) -> UpsertKbResult:
     the same call; long articles are split into overlapping passages that are searched
     separately and returned as one article. Sending the same content again changes nothing.
     Use search_knowledge_base to find existing articles first."""
-    from .customers import parse_uuid
+    from crm_mcp.tools.customers import parse_uuid
 
     aid = parse_uuid(args.article_id, "article_id", "search_knowledge_base") if args.article_id else None
     art = Article(title=strip_control_chars(args.title).strip(), content=strip_control_chars(args.content).strip(),

@@ -32,13 +32,13 @@ from typing import Any, Literal
 import asyncpg
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .context import Crm
-from .enums import CHANNELS, Channel
-from .errors import NotFound, UserError
-from .formatting import strip_control_chars, untrusted
-from .models import Out
-from .registry import crm_tool
-from .tickets import fetch_ticket
+from crm_mcp.tools.plumbing.context import Crm
+from crm_mcp.tools.vocabulary import CHANNELS, Channel
+from crm_mcp.tools.plumbing.errors import NotFound, UserError
+from crm_mcp.tools.engines.formatting import strip_control_chars, untrusted
+from crm_mcp.tools.models import Out
+from crm_mcp.tools.plumbing.registry import crm_tool
+from crm_mcp.tools.tickets import fetch_ticket
 
 WINDOWS: dict[str, timedelta] = {
     "1h": timedelta(hours=1),
@@ -338,7 +338,7 @@ RETURNING id, created_at, xmax <> 0 AS replaced, (SELECT rating FROM prev) AS pr
 
 
 async def _message_target(conn: asyncpg.Connection, raw_id: str) -> asyncpg.Record:
-    from .customers import parse_uuid
+    from crm_mcp.tools.customers import parse_uuid
 
     mid = parse_uuid(raw_id, "message_id", "get_conversation (message ids of replies)")
     row = await conn.fetchrow(

@@ -15,14 +15,14 @@ from typing import Any, Literal
 import asyncpg
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .context import Crm
-from .enums import Channel, DeliveryStatus
-from .errors import Conflict, NotFound, UserError
-from .formatting import render_template, split_message, strip_control_chars, untrusted
-from .models import Out
-from .registry import crm_tool
-from .paging import aware, decode_cursor, encode_cursor
-from .tickets import add_event, normalize_ticket_number
+from crm_mcp.tools.plumbing.context import Crm
+from crm_mcp.tools.vocabulary import Channel, DeliveryStatus
+from crm_mcp.tools.plumbing.errors import Conflict, NotFound, UserError
+from crm_mcp.tools.engines.formatting import render_template, split_message, strip_control_chars, untrusted
+from crm_mcp.tools.models import Out
+from crm_mcp.tools.plumbing.registry import crm_tool
+from crm_mcp.tools.plumbing.paging import aware, decode_cursor, encode_cursor
+from crm_mcp.tools.tickets import add_event, normalize_ticket_number
 
 DELIVERY_RANK = {"pending": 0, "sent": 1, "delivered": 2, "read": 3}
 FINAL = ("read", "failed")
@@ -111,7 +111,7 @@ async def send_response(crm: Crm, args: SendResponseInput) -> SendResponseResult
                                 hint="Reply on the customer's conversation_id instead (get_customer_history lists them).")
             conv_id = ticket["conversation_id"]
         else:
-            from .customers import parse_uuid
+            from crm_mcp.tools.customers import parse_uuid
 
             conv_id = parse_uuid(args.conversation_id or "", "conversation_id", "get_customer_history")
         conv = await conn.fetchrow("SELECT * FROM conversations WHERE id = $1 FOR UPDATE", conv_id)
@@ -224,7 +224,7 @@ async def update_delivery_status(crm: Crm, args: DeliveryInput) -> DeliveryResul
     by message_id, or by channel + channel_message_id once the provider id is recorded."""
     async with crm.tx() as conn:
         if args.message_id is not None:
-            from .customers import parse_uuid
+            from crm_mcp.tools.customers import parse_uuid
 
             mid = parse_uuid(args.message_id, "message_id", "send_response's parts or get_conversation")
             row = await conn.fetchrow("SELECT * FROM messages WHERE id = $1 FOR UPDATE", mid)
@@ -309,7 +309,7 @@ async def get_conversation(crm: Crm, args: GetConversationInput) -> GetConversat
 
     Pages of `limit` messages; pass next_cursor for the next page. For everything a customer
     ever sent use get_customer_history; for a ticket's status and notes use get_ticket."""
-    from .customers import parse_uuid
+    from crm_mcp.tools.customers import parse_uuid
 
     cid = parse_uuid(args.conversation_id, "conversation_id", "get_customer_history")
     params: list[Any] = [cid, args.limit + 1]

@@ -22,13 +22,13 @@ from typing import Any, Literal
 import asyncpg
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .context import Crm
-from .enums import TicketCategory, TicketPriority, TicketStatus
-from .errors import Conflict, NotFound, UserError
-from .formatting import strip_control_chars, untrusted
-from .models import Out
-from .paging import aware, decode_cursor, encode_cursor
-from .registry import crm_tool
+from crm_mcp.tools.plumbing.context import Crm
+from crm_mcp.tools.vocabulary import TicketCategory, TicketPriority, TicketStatus
+from crm_mcp.tools.plumbing.errors import Conflict, NotFound, UserError
+from crm_mcp.tools.engines.formatting import strip_control_chars, untrusted
+from crm_mcp.tools.models import Out
+from crm_mcp.tools.plumbing.paging import aware, decode_cursor, encode_cursor
+from crm_mcp.tools.plumbing.registry import crm_tool
 
 TRANSITIONS: dict[str, tuple[str, ...]] = {
     "open": ("in_progress", "waiting", "escalated", "resolved"),
@@ -189,7 +189,7 @@ async def create_ticket(crm: Crm, args: CreateTicketInput) -> TicketResult:
     conversation's ticket before any reply. A conversation has at most one unfinished ticket;
     if it already has one, this is refused and names it. Returns the new ticket with its
     TKT-0042 number and SLA deadline (from its priority)."""
-    from .customers import require_customer, parse_uuid
+    from crm_mcp.tools.customers import require_customer, parse_uuid
 
     async with crm.tx() as conn:
         cid = await require_customer(conn, args.customer_id)
@@ -347,7 +347,7 @@ async def list_tickets(crm: Crm, args: ListTicketsInput) -> ListTicketsResult:
         else:
             add("t.assigned_to = ?", args.assigned_to)
     if args.customer_id:
-        from .customers import parse_uuid
+        from crm_mcp.tools.customers import parse_uuid
 
         add("t.customer_id = ?", parse_uuid(args.customer_id, "customer_id", "find_customer"))
     if args.breached_sla is True:

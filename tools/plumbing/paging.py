@@ -10,7 +10,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TypeVar
 
-from .errors import UserError
+from crm_mcp.tools.plumbing.errors import UserError
 
 T = TypeVar("T")
 

@@ -221,7 +221,7 @@ from vaderSentiment.vaderSentiment import (
     SentiText,
 )
 
-from crm_mcp.tools.enums import TicketCategory, TicketPriority
+from crm_mcp.tools.vocabulary import TicketCategory, TicketPriority
 
 __all__ = [
     "SCAN_CHARS",

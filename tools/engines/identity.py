@@ -12,7 +12,7 @@ import re
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 
-from .errors import UserError
+from crm_mcp.tools.plumbing.errors import UserError
 
 _WHATSAPP_PREFIX = re.compile(r"^\s*whatsapp:\s*", re.IGNORECASE)
 MAX_IDENTIFIER_LEN = 320

