@@ -9,6 +9,7 @@ from typing import Any
 from mcp_types import Completion, CompletionArgument, CompletionContext, PromptReference, ResourceTemplateReference
 
 from crm_mcp.tools.plumbing.context import Crm
+from crm_mcp.tools.plumbing.sql import like_escape
 
 from . import data
 
@@ -83,7 +84,7 @@ async def complete_identities(crm: Crm, value: str) -> Completion:
     prefix = value.strip().lower()
     if not prefix:
         return Completion(values=[], total=0, has_more=False)
-    escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    escaped = like_escape(prefix)
     async with crm.pool.acquire() as conn:
         rows = await conn.fetch(
             "SELECT value, count(*) OVER () AS total FROM customer_identifiers WHERE value LIKE $1 || '%' "

@@ -14,7 +14,8 @@ from typing import Any
 import asyncpg
 from pydantic import BaseModel
 
-from crm_mcp.tools.customers import load_summaries, parse_uuid
+from crm_mcp.tools.customers import load_summaries
+from crm_mcp.tools.plumbing.params import parse_uuid
 from crm_mcp.tools.plumbing.errors import NotFound
 from crm_mcp.tools.engines.formatting import untrusted
 from crm_mcp.tools.tickets import fetch_ticket, ticket_view

@@ -1,11 +1,11 @@
-"""Customers and cross-channel identity: find_customer, upsert_customer (merge_customers and
-get_customer_history live in customer_ops.py)."""
+"""Customers and cross-channel identity: find_customer, upsert_customer, merge_customers and
+get_customer_history."""
 
 from __future__ import annotations
 
-import re
-from datetime import datetime
+import json
 import uuid
+from datetime import datetime
 from typing import Any, Literal
 
 import asyncpg
@@ -13,11 +13,14 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from crm_mcp.tools.plumbing.context import Crm
 from crm_mcp.tools.plumbing.errors import Conflict, NotFound, UserError
+from crm_mcp.tools.engines.formatting import untrusted
 from crm_mcp.tools.engines.identity import looks_like_email, looks_like_phone, normalize_email, normalize_phone
 from crm_mcp.tools.models import CustomerSummary, Identity, Out, SentimentSummary
+from crm_mcp.tools.plumbing.paging import aware, bounded, decode_cursor, encode_cursor
+from crm_mcp.tools.plumbing.params import TICKET_NUMBER, CustomerId, Email, Phone, normalize_ticket_number, parse_uuid
 from crm_mcp.tools.plumbing.registry import crm_tool
-
-TICKET_NUMBER = re.compile(r"^\s*TKT-(\d{1,9})\s*$", re.IGNORECASE)
+from crm_mcp.tools.plumbing.sql import like_escape
+from crm_mcp.tools.vocabulary import Channel, Plan
 
 # One statement builds every summary: identities, open tickets and sentiment trend per customer.
 SUMMARY_SQL = """
@@ -89,14 +92,7 @@ def _summary(r: asyncpg.Record) -> CustomerSummary:
     )
 
 
-def parse_uuid(value: str, what: str, finder: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(value.strip())
-    except (ValueError, AttributeError):
-        raise UserError(f"{what} must be a UUID such as 3f2b8c1e-....", hint=f"Use {finder} to look it up.") from None
-
-
-async def require_customer(conn: asyncpg.Connection, customer_id: str) -> uuid.UUID:
+async def require_customer(conn: asyncpg.Connection, customer_id: uuid.UUID | str) -> uuid.UUID:
     cid = parse_uuid(customer_id, "customer_id", "find_customer")
     row = await conn.fetchrow("SELECT id, merged_into FROM customers WHERE id = $1", cid)
     if row is None:
@@ -153,10 +149,6 @@ def _detect(query: str) -> SearchKind:
     return "name"
 
 
-def _like_escape(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
 @crm_tool(name="find_customer", title="Find customer", toolset="customers", read_only=True, destructive=False, idempotent=True)
 async def find_customer(crm: Crm, args: FindCustomerInput) -> FindCustomerResult:
     """Look a customer up by email, phone or WhatsApp number, customer id, ticket number or name.
@@ -188,10 +180,7 @@ async def find_customer(crm: Crm, args: FindCustomerInput) -> FindCustomerResult
             norm = str(cid)
             ids = [r["id"] for r in await conn.fetch("SELECT id FROM customers WHERE id = $1", cid)]
         elif kind == "ticket_number":
-            m = TICKET_NUMBER.match(q)
-            if not m:
-                raise UserError("Ticket numbers look like TKT-0042.", hint="Use list_tickets to browse tickets.")
-            norm = f"TKT-{int(m.group(1)):04d}"
+            norm = normalize_ticket_number(q)
             ids = [r["customer_id"] for r in await conn.fetch(
                 "SELECT customer_id FROM tickets WHERE ticket_number = $1", norm)]
         else:
@@ -199,7 +188,7 @@ async def find_customer(crm: Crm, args: FindCustomerInput) -> FindCustomerResult
             ids = [r["id"] for r in await conn.fetch(
                 "SELECT id FROM customers WHERE lower(name) LIKE '%' || $1 || '%' AND merged_into IS NULL "
                 "ORDER BY last_contact_at DESC NULLS LAST, created_at DESC LIMIT $2",
-                _like_escape(norm), args.limit)]
+                like_escape(norm), args.limit)]
         if matches is None:
             matches = await load_summaries(conn, ids[: args.limit])
     matches = matches[: args.limit]
@@ -219,21 +208,20 @@ async def find_customer(crm: Crm, args: FindCustomerInput) -> FindCustomerResult
 
 class UpsertCustomerInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    customer_id: str | None = Field(
+    customer_id: CustomerId | None = Field(
         default=None,
-        max_length=64,
         description="UUID of the customer to update (from find_customer). Omit to find-or-create by the identities given.",
     )
     name: str | None = Field(default=None, min_length=1, max_length=200, description="Full name.")
     company: str | None = Field(default=None, min_length=1, max_length=200, description="Company name.")
-    plan: Literal["free", "starter", "professional", "enterprise"] | None = Field(default=None, description="Subscription plan.")
+    plan: Plan | None = Field(default=None, description="Subscription plan.")
     preferred_language: str | None = Field(
         default=None, pattern=r"^[a-z]{2}(-[A-Z]{2})?$", description="Language tag such as 'en' or 'pt-BR'."
     )
-    email: str | None = Field(default=None, max_length=320, description="Email address to link (lower-cased).")
-    phone: str | None = Field(default=None, max_length=40, description="Phone number to link, normalised to E.164.")
-    whatsapp: str | None = Field(
-        default=None, max_length=50, description="WhatsApp number to link ('+14155550123' or 'whatsapp:+14155550123')."
+    email: Email | None = Field(default=None, description="Email address to link (lower-cased).")
+    phone: Phone | None = Field(default=None, description="Phone number to link, normalised to E.164.")
+    whatsapp: Phone | None = Field(
+        default=None, description="WhatsApp number to link ('+14155550123' or 'whatsapp:+14155550123')."
     )
     verified: bool = Field(default=False, description="Mark the identities linked by this call as verified.")
     metadata: dict[str, Any] | None = Field(
@@ -246,8 +234,6 @@ class UpsertCustomerInput(BaseModel):
             # Creating needs a way to reach the person; it also keeps repeated calls idempotent.
             raise ValueError("give customer_id to update, or at least one of email, phone or whatsapp to find or create")
         if self.metadata is not None:
-            import json
-
             if len(json.dumps(self.metadata, default=str)) > 8192:
                 raise ValueError("metadata is larger than 8 KB")
         return self
@@ -292,14 +278,7 @@ async def upsert_customer(crm: Crm, args: UpsertCustomerInput) -> UpsertCustomer
     country code are read in the server's default region). An identity that already belongs
     to a different customer is refused (nothing changes): use merge_customers when two records
     are the same person. Use find_customer to get ids."""
-    region = crm.settings.default_region
-    wanted: list[tuple[str, str]] = []
-    if args.email:
-        wanted.append(("email", normalize_email(args.email)))
-    if args.phone:
-        wanted.append(("phone", normalize_phone(args.phone, region)))
-    if args.whatsapp:
-        wanted.append(("whatsapp", normalize_phone(args.whatsapp, region)))
+    wanted = [(kind, value) for kind, value in (("email", args.email), ("phone", args.phone), ("whatsapp", args.whatsapp)) if value]
 
     for attempt in range(3):
         try:
@@ -368,8 +347,8 @@ async def _upsert_once(crm: Crm, args: UpsertCustomerInput, wanted: list[tuple[s
 
 class MergeCustomersInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    primary_id: str = Field(max_length=64, description="UUID of the customer record to keep.")
-    duplicate_id: str = Field(max_length=64, description="UUID of the duplicate record to fold into the primary.")
+    primary_id: CustomerId = Field(description="UUID of the customer record to keep.")
+    duplicate_id: CustomerId = Field(description="UUID of the duplicate record to fold into the primary.")
     reason: str | None = Field(default=None, max_length=500, description="Why they are the same person (kept in the audit record).")
     merged_by: str | None = Field(default=None, max_length=200, description="Who decided the merge (audit).")
 
@@ -413,8 +392,7 @@ async def merge_customers(crm: Crm, args: MergeCustomersInput) -> MergeCustomers
     values (for example two verified emails), since that suggests two real people. If both have
     an open conversation, the duplicate's is closed (its tickets stay open, now under the
     primary). Repeating a finished merge changes nothing."""
-    p = parse_uuid(args.primary_id, "primary_id", "find_customer")
-    d = parse_uuid(args.duplicate_id, "duplicate_id", "find_customer")
+    p, d = args.primary_id, args.duplicate_id
     if p == d:
         raise UserError("primary_id and duplicate_id are the same customer.")
     async with crm.tx() as conn:
@@ -469,8 +447,8 @@ async def merge_customers(crm: Crm, args: MergeCustomersInput) -> MergeCustomers
 
 class HistoryInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    customer_id: str = Field(max_length=64, description="Customer UUID (find_customer gives it).")
-    channel: Literal["email", "whatsapp", "web_form"] | None = Field(default=None, description="Only events on this channel.")
+    customer_id: CustomerId = Field(description="Customer UUID (find_customer gives it).")
+    channel: Channel | None = Field(default=None, description="Only events on this channel.")
     since: datetime | None = Field(default=None, description="Only events at or after this time (ISO 8601 with time zone).")
     until: datetime | None = Field(default=None, description="Only events before this time.")
     limit: int = Field(default=20, ge=1, le=100, description="Events per page (1-100).")
@@ -532,9 +510,6 @@ async def get_customer_history(crm: Crm, args: HistoryInput) -> HistoryResult:
     Filter by channel and time range; page with limit and next_cursor. 'concise' (default)
     trims message text; 'detailed' adds sentiment and delivery status. Use find_customer first
     to get the customer_id; use get_conversation to read one conversation in order."""
-    from crm_mcp.tools.engines.formatting import untrusted
-    from crm_mcp.tools.plumbing.paging import aware, bounded, decode_cursor, encode_cursor
-
     cur_at = cur_kind = cur_ref = None
     if args.cursor:
         def parse(c: dict[str, Any]) -> tuple[datetime, str, str]:

@@ -29,10 +29,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from crm_mcp.tools.plumbing.context import Crm
 from crm_mcp.tools.vocabulary import Channel, TicketCategory, TicketPriority, TicketStatus
-from crm_mcp.tools.plumbing.errors import UserError
-from crm_mcp.tools.engines.formatting import strip_control_chars
-from crm_mcp.tools.engines.identity import normalize_email, normalize_phone
 from crm_mcp.tools.models import Out
+from crm_mcp.tools.plumbing.params import Email, Phone, Text
 from crm_mcp.tools.plumbing.registry import crm_tool
 from crm_mcp.tools.engines.rules import classify, escalation_reasons, score_sentiment
 from crm_mcp.tools.tickets import insert_ticket
@@ -54,22 +52,22 @@ def _depth(value: Any, level: int = 0) -> int:
 
 class Sender(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    email: str | None = Field(default=None, max_length=320, description="Sender's email address.")
-    phone: str | None = Field(default=None, max_length=40, description="Sender's phone number, any common format.")
-    whatsapp: str | None = Field(default=None, max_length=50, description="Sender's WhatsApp number ('+1...' or 'whatsapp:+1...').")
-    name: str | None = Field(default=None, max_length=200, description="Display name as the channel gave it.")
+    email: Email | None = Field(default=None, description="Sender's email address.")
+    phone: Phone | None = Field(default=None, description="Sender's phone number, any common format.")
+    whatsapp: Phone | None = Field(default=None, description="Sender's WhatsApp number ('+1...' or 'whatsapp:+1...').")
+    name: Text | None = Field(default=None, max_length=200, description="Display name as the channel gave it.")
 
 
 class IngestInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
     channel: Channel = Field(description="Channel the message arrived on.")
-    channel_message_id: str = Field(
+    channel_message_id: Text = Field(
         min_length=1, max_length=500,
         description="The channel's own message id (Gmail message id, Twilio MessageSid, Meta wamid, web form submission id). The dedup key.",
     )
     sender: Sender = Field(description="Who sent it: at least one of email, phone, whatsapp.")
-    content: str = Field(min_length=1, max_length=MAX_CONTENT, description=f"Message text (plain text, at most {MAX_CONTENT:,} characters).")
-    subject: str | None = Field(default=None, max_length=500, description="Email subject or web form topic.")
+    content: Text = Field(min_length=1, max_length=MAX_CONTENT, description=f"Message text (plain text, at most {MAX_CONTENT:,} characters).")
+    subject: Text | None = Field(default=None, max_length=500, description="Email subject or web form topic.")
     thread_ref: str | None = Field(default=None, max_length=500, description="The channel's thread id (Gmail threadId), kept for replies.")
     received_at: datetime | None = Field(default=None, description="When the channel received it (ISO 8601 with time zone). Default: now.")
     metadata: dict[str, Any] | None = Field(default=None, description="Channel-specific extras (JSON object, at most 16 KB, 6 levels deep).")
@@ -161,28 +159,23 @@ async def ingest_message(crm: Crm, args: IngestInput) -> IngestResult:
     new identities the sender brings (a web form with email and phone) are linked. Then use
     search_knowledge_base and send_response, or escalate_to_human when escalation_suggested.
     Not for outbound replies (send_response) or staff notes (update_ticket)."""
-    region = crm.settings.default_region
-    s = args.sender
+    s = args.sender  # identities arrive normalised (params.Email / params.Phone)
     wanted: list[tuple[str, str]] = []
     if s.email:
-        wanted.append(("email", normalize_email(s.email)))
+        wanted.append(("email", s.email))
     if args.channel == "whatsapp":
-        wanted.append(("whatsapp", normalize_phone(s.whatsapp or s.phone or "", region)))
+        wanted.append(("whatsapp", s.whatsapp or s.phone or ""))
         if s.phone and s.whatsapp:
-            wanted.append(("phone", normalize_phone(s.phone, region)))
+            wanted.append(("phone", s.phone))
     else:
         if s.whatsapp:
-            wanted.append(("whatsapp", normalize_phone(s.whatsapp, region)))
+            wanted.append(("whatsapp", s.whatsapp))
         if s.phone:
-            wanted.append(("phone", normalize_phone(s.phone, region)))
-    content = strip_control_chars(args.content).strip()
-    if not content:
-        raise UserError("content is empty after removing control characters.")
-    subject = strip_control_chars(args.subject).strip() or None if args.subject else None
-    name = strip_control_chars(s.name).strip() or None if s.name else None
-    cmid = strip_control_chars(args.channel_message_id).strip()
-    if not cmid:
-        raise UserError("channel_message_id is empty.")
+            wanted.append(("phone", s.phone))
+    content = args.content
+    subject = args.subject or None
+    name = s.name or None
+    cmid = args.channel_message_id
     received = args.received_at or datetime.now(timezone.utc)
     # Scoring is pure CPU; done before the transaction so locks are held briefly.
     sentiment = score_sentiment(content)

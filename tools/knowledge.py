@@ -26,8 +26,8 @@ from crm_mcp.tools.plumbing.context import Crm
 from crm_mcp.tools.engines.embeddings import Embedder, make_embedder
 from crm_mcp.tools.vocabulary import KB_CATEGORIES, KbCategory
 from crm_mcp.tools.plumbing.errors import UserError
-from crm_mcp.tools.engines.formatting import strip_control_chars
 from crm_mcp.tools.models import Out
+from crm_mcp.tools.plumbing.params import ArticleId, Text
 from crm_mcp.tools.plumbing.registry import crm_tool
 
 log = logging.getLogger(__name__)
@@ -366,7 +366,7 @@ async def hybrid_search(
 
 class SearchKbInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    query: str = Field(min_length=1, max_length=2000, description="The customer's question or the terms to look up, in natural language or exact (error codes work).")
+    query: Text = Field(min_length=1, max_length=2000, description="The customer's question or the terms to look up, in natural language or exact (error codes work).")
     category: KbCategory | None = Field(default=None, description="Only articles of this category.")
     limit: int = Field(default=5, ge=1, le=20, description="Maximum number of articles (1-20).")
     min_score: float | None = Field(
@@ -414,9 +414,7 @@ async def search_knowledge_base(crm: Crm, args: SearchKbInput) -> SearchKbResult
     Call it before answering any product question; answer only from results labelled
     'relevant'. When nothing_relevant is true, do not invent an answer: escalate_to_human.
     For the product catalogue (add-ons, plans for sale) use search_products."""
-    query = strip_control_chars(args.query).strip()
-    if not query:
-        raise UserError("query is empty.")
+    query = args.query
     hits = await hybrid_search(crm, query, category=args.category, limit=args.limit)
     if args.min_score is not None:
         hits = [h for h in hits if (h.cosine or 0) >= args.min_score or _relevance(h) == "relevant" and h.cosine is None]
@@ -441,10 +439,10 @@ async def search_knowledge_base(crm: Crm, args: SearchKbInput) -> SearchKbResult
 
 class UpsertKbInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    title: str = Field(min_length=1, max_length=500, description="Article title.")
-    content: str = Field(min_length=1, max_length=200_000, description="Article body in Markdown.")
+    title: Text = Field(min_length=1, max_length=500, description="Article title.")
+    content: Text = Field(min_length=1, max_length=200_000, description="Article body in Markdown.")
     category: KbCategory = Field(default="general", description="Article category.")
-    article_id: str | None = Field(default=None, max_length=64, description="UUID of the article to update; omit to create (or to update by slug).")
+    article_id: ArticleId | None = Field(default=None, description="UUID of the article to update; omit to create (or to update by slug).")
     slug: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9/_-]{0,199}$", description="Stable key such as 'billing/refunds'; updating by slug is idempotent.")
     is_active: bool = Field(default=True, description="False hides the article from search without deleting it.")
 
@@ -461,13 +459,8 @@ async def upsert_kb_article(crm: Crm, args: UpsertKbInput) -> UpsertKbResult:
     the same call; long articles are split into overlapping passages that are searched
     separately and returned as one article. Sending the same content again changes nothing.
     Use search_knowledge_base to find existing articles first."""
-    from crm_mcp.tools.customers import parse_uuid
-
-    aid = parse_uuid(args.article_id, "article_id", "search_knowledge_base") if args.article_id else None
-    art = Article(title=strip_control_chars(args.title).strip(), content=strip_control_chars(args.content).strip(),
-                  category=args.category, source_path=args.slug)
-    if not art.title or not art.content:
-        raise UserError("title and content must not be empty.")
+    aid = args.article_id
+    art = Article(title=args.title, content=args.content, category=args.category, source_path=args.slug)
     aid, state, n = await upsert_article(crm, art, article_id=aid, is_active=args.is_active)
     return UpsertKbResult(article_id=str(aid), state=state, chunks=n)  # type: ignore[arg-type]
 
@@ -477,7 +470,7 @@ async def upsert_kb_article(crm: Crm, args: UpsertKbInput) -> UpsertKbResult:
 
 class SearchProductsInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    query: str = Field(min_length=1, max_length=1000, description="What the customer is looking for, in their words.")
+    query: Text = Field(min_length=1, max_length=1000, description="What the customer is looking for, in their words.")
     max_price: float | None = Field(default=None, ge=0, description="Only products at or below this price.")
     limit: int = Field(default=5, ge=1, le=20, description="Maximum number of products (1-20).")
 
@@ -524,9 +517,7 @@ async def search_products(crm: Crm, args: SearchProductsInput) -> SearchProducts
     """Find products in the catalogue (plans, add-ons, seat packs, services) by meaning and
     exact terms, optionally under a price. For how-to and troubleshooting questions use
     search_knowledge_base instead."""
-    query = strip_control_chars(args.query).strip()
-    if not query:
-        raise UserError("query is empty.")
+    query = args.query
     qvec = await get_embedder(crm).embed_query(query)
     async with crm.pool.acquire() as conn, conn.transaction():
         await _index_settings(crm, conn)

@@ -35,8 +35,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from crm_mcp.tools.plumbing.context import Crm
 from crm_mcp.tools.vocabulary import CHANNELS, Channel
 from crm_mcp.tools.plumbing.errors import NotFound, UserError
-from crm_mcp.tools.engines.formatting import strip_control_chars, untrusted
+from crm_mcp.tools.engines.formatting import untrusted
 from crm_mcp.tools.models import Out
+from crm_mcp.tools.plumbing.params import MessageId, Text, TicketNumber
 from crm_mcp.tools.plumbing.registry import crm_tool
 from crm_mcp.tools.tickets import fetch_ticket
 
@@ -286,15 +287,15 @@ async def compute(conn: asyncpg.Connection, since: datetime, until: datetime, ch
 
 class RecordFeedbackInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    message_id: str | None = Field(
-        default=None, max_length=64,
+    message_id: MessageId | None = Field(
+        default=None,
         description="Rate this reply: UUID of an outbound agent or staff message (send_response parts, get_conversation). Give this or ticket_number.",
     )
-    ticket_number: str | None = Field(
-        default=None, max_length=20, description="Rate the handling of this ticket (TKT-0042). Give this or message_id.", examples=["TKT-0042"]
+    ticket_number: TicketNumber | None = Field(
+        default=None, description="Rate the handling of this ticket (TKT-0042). Give this or message_id."
     )
     rating: int = Field(ge=1, le=5, description="Customer satisfaction, 1 (very unhappy) to 5 (very happy); 4 and 5 count as satisfied.")
-    comment: str | None = Field(default=None, max_length=2000, description="The customer's own words about the rating, optional.")
+    comment: Text | None = Field(default=None, max_length=2000, description="The customer's own words about the rating, optional.")
 
     @model_validator(mode="after")
     def _target(self) -> RecordFeedbackInput:
@@ -337,10 +338,7 @@ RETURNING id, created_at, xmax <> 0 AS replaced, (SELECT rating FROM prev) AS pr
 """
 
 
-async def _message_target(conn: asyncpg.Connection, raw_id: str) -> asyncpg.Record:
-    from crm_mcp.tools.customers import parse_uuid
-
-    mid = parse_uuid(raw_id, "message_id", "get_conversation (message ids of replies)")
+async def _message_target(conn: asyncpg.Connection, mid: uuid.UUID) -> asyncpg.Record:
     row = await conn.fetchrow(
         """SELECT m.id AS message_id, m.customer_id, m.conversation_id, m.ticket_id, m.channel, m.direction, m.role,
                   t.ticket_number
@@ -366,7 +364,7 @@ async def record_feedback(crm: Crm, args: RecordFeedbackInput) -> FeedbackResult
     one per ticket: rating the same target again replaces the earlier rating (replaced=true
     shows the previous one), so retries are safe. Customer messages and system notices cannot
     be rated. Not for complaints that need action: open or update a ticket for those."""
-    comment = strip_control_chars(args.comment).strip() if args.comment else ""
+    comment = args.comment or ""
     async with crm.tx() as conn:
         if args.message_id is not None:
             tgt = await _message_target(conn, args.message_id)

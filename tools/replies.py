@@ -18,11 +18,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from crm_mcp.tools.plumbing.context import Crm
 from crm_mcp.tools.vocabulary import Channel, DeliveryStatus
 from crm_mcp.tools.plumbing.errors import Conflict, NotFound, UserError
-from crm_mcp.tools.engines.formatting import render_template, split_message, strip_control_chars, untrusted
+from crm_mcp.tools.engines.formatting import render_template, split_message, untrusted
 from crm_mcp.tools.models import Out
 from crm_mcp.tools.plumbing.registry import crm_tool
 from crm_mcp.tools.plumbing.paging import aware, decode_cursor, encode_cursor
-from crm_mcp.tools.tickets import add_event, normalize_ticket_number
+from crm_mcp.tools.plumbing.params import ConversationId, MessageId, Text, TicketNumber
+from crm_mcp.tools.tickets import add_event
 
 DELIVERY_RANK = {"pending": 0, "sent": 1, "delivered": 2, "read": 3}
 FINAL = ("read", "failed")
@@ -31,9 +32,9 @@ RECIPIENT_KIND = {"email": ("email",), "whatsapp": ("whatsapp", "phone"), "web_f
 
 class SendResponseInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    ticket_number: str | None = Field(default=None, max_length=20, description="Ticket to answer (TKT-0042). Give this or conversation_id.")
-    conversation_id: str | None = Field(default=None, max_length=64, description="Conversation to answer (UUID). Give this or ticket_number.")
-    body: str = Field(min_length=1, max_length=20_000, description="The reply text, without greeting or signature (the channel template adds them).")
+    ticket_number: TicketNumber | None = Field(default=None, description="Ticket to answer (TKT-0042). Give this or conversation_id.")
+    conversation_id: ConversationId | None = Field(default=None, description="Conversation to answer (UUID). Give this or ticket_number.")
+    body: Text = Field(min_length=1, max_length=20_000, description="The reply text, without greeting or signature (the channel template adds them).")
     channel: Channel | None = Field(default=None, description="Channel to reply on. Default: the channel the customer last wrote from.")
     author: Literal["agent", "human"] = Field(default="agent", description="'agent' for the AI agent, 'human' for a member of staff.")
     idempotency_key: str | None = Field(
@@ -92,9 +93,7 @@ async def send_response(crm: Crm, args: SendResponseInput) -> SendResponseResult
     'pending' for the channel bridge to deliver; the result shows exactly what will be sent.
     Marks the ticket's first response time. Pass idempotency_key to make retries safe.
     For internal notes use update_ticket (notes are never sent)."""
-    body = strip_control_chars(args.body).strip()
-    if not body:
-        raise UserError("body is empty after removing control characters.")
+    body = args.body
     async with crm.tx() as conn:
         if args.idempotency_key:
             await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('reply:' || $1, 0))", args.idempotency_key)
@@ -102,7 +101,7 @@ async def send_response(crm: Crm, args: SendResponseInput) -> SendResponseResult
                 return prev
         ticket = None
         if args.ticket_number is not None:
-            number = normalize_ticket_number(args.ticket_number)
+            number = args.ticket_number
             ticket = await conn.fetchrow("SELECT * FROM tickets WHERE ticket_number = $1 FOR UPDATE", number)
             if ticket is None:
                 raise NotFound(f"No ticket {number}.", hint="Use list_tickets or find_customer to find it.")
@@ -111,9 +110,7 @@ async def send_response(crm: Crm, args: SendResponseInput) -> SendResponseResult
                                 hint="Reply on the customer's conversation_id instead (get_customer_history lists them).")
             conv_id = ticket["conversation_id"]
         else:
-            from crm_mcp.tools.customers import parse_uuid
-
-            conv_id = parse_uuid(args.conversation_id or "", "conversation_id", "get_customer_history")
+            conv_id = args.conversation_id
         conv = await conn.fetchrow("SELECT * FROM conversations WHERE id = $1 FOR UPDATE", conv_id)
         if conv is None:
             raise NotFound(f"No conversation {conv_id}.", hint="Use get_customer_history to find conversation ids.")
@@ -191,7 +188,7 @@ async def send_response(crm: Crm, args: SendResponseInput) -> SendResponseResult
 
 class DeliveryInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    message_id: str | None = Field(default=None, max_length=64, description="Our outbound message id (UUID from send_response).")
+    message_id: MessageId | None = Field(default=None, description="Our outbound message id (UUID from send_response).")
     channel: Channel | None = Field(default=None, description="With channel_message_id: find the message by the channel's id.")
     channel_message_id: str | None = Field(
         default=None, min_length=1, max_length=500,
@@ -224,10 +221,7 @@ async def update_delivery_status(crm: Crm, args: DeliveryInput) -> DeliveryResul
     by message_id, or by channel + channel_message_id once the provider id is recorded."""
     async with crm.tx() as conn:
         if args.message_id is not None:
-            from crm_mcp.tools.customers import parse_uuid
-
-            mid = parse_uuid(args.message_id, "message_id", "send_response's parts or get_conversation")
-            row = await conn.fetchrow("SELECT * FROM messages WHERE id = $1 FOR UPDATE", mid)
+            row = await conn.fetchrow("SELECT * FROM messages WHERE id = $1 FOR UPDATE", args.message_id)
         else:
             row = await conn.fetchrow(
                 "SELECT * FROM messages WHERE channel = $1 AND channel_message_id = $2 FOR UPDATE",
@@ -250,7 +244,7 @@ async def update_delivery_status(crm: Crm, args: DeliveryInput) -> DeliveryResul
                                   note=f"Ignored: the message is already {current}.")
         await conn.execute(
             "UPDATE messages SET delivery_status = $2, delivery_error = $3, delivery_updated_at = now() WHERE id = $1",
-            row["id"], new, strip_control_chars(args.error) if args.error else None)
+            row["id"], new, args.error)
     return DeliveryResult(message_id=str(row["id"]), delivery_status=new, changed=True)
 
 
@@ -270,7 +264,7 @@ async def claim_outbox(pool: asyncpg.Pool, channel: str, limit: int = 10) -> lis
 
 class GetConversationInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    conversation_id: str = Field(max_length=64, description="Conversation UUID (from ingest_message or get_customer_history).")
+    conversation_id: ConversationId = Field(description="Conversation UUID (from ingest_message or get_customer_history).")
     limit: int = Field(default=20, ge=1, le=100, description="Messages per page (1-100).")
     cursor: str | None = Field(default=None, max_length=500, description="next_cursor from the previous page.")
 
@@ -309,9 +303,7 @@ async def get_conversation(crm: Crm, args: GetConversationInput) -> GetConversat
 
     Pages of `limit` messages; pass next_cursor for the next page. For everything a customer
     ever sent use get_customer_history; for a ticket's status and notes use get_ticket."""
-    from crm_mcp.tools.customers import parse_uuid
-
-    cid = parse_uuid(args.conversation_id, "conversation_id", "get_customer_history")
+    cid = args.conversation_id
     params: list[Any] = [cid, args.limit + 1]
     cond = ""
     if args.cursor:

@@ -14,7 +14,6 @@ and are never sent to the customer."""
 
 from __future__ import annotations
 
-import re
 import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
@@ -23,11 +22,12 @@ import asyncpg
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from crm_mcp.tools.plumbing.context import Crm
-from crm_mcp.tools.vocabulary import TicketCategory, TicketPriority, TicketStatus
+from crm_mcp.tools.vocabulary import TICKET_PRIORITIES, Channel, TicketCategory, TicketPriority, TicketStatus
 from crm_mcp.tools.plumbing.errors import Conflict, NotFound, UserError
-from crm_mcp.tools.engines.formatting import strip_control_chars, untrusted
+from crm_mcp.tools.engines.formatting import untrusted
 from crm_mcp.tools.models import Out
 from crm_mcp.tools.plumbing.paging import aware, decode_cursor, encode_cursor
+from crm_mcp.tools.plumbing.params import TICKET_NUMBER, ConversationId, CustomerId, TicketNumber, normalize_ticket_number
 from crm_mcp.tools.plumbing.registry import crm_tool
 
 TRANSITIONS: dict[str, tuple[str, ...]] = {
@@ -39,18 +39,9 @@ TRANSITIONS: dict[str, tuple[str, ...]] = {
     "closed": (),
 }
 UNFINISHED = ("open", "in_progress", "waiting", "escalated")
-PRIORITY_RANK = {"low": 0, "medium": 1, "high": 2, "critical": 3}
-_TICKET_RE = re.compile(r"^\s*TKT-(\d{1,9})\s*$", re.IGNORECASE)
-
-
-def normalize_ticket_number(raw: str) -> str:
-    m = _TICKET_RE.match(raw or "")
-    if not m:
-        raise UserError(
-            "ticket_number must look like TKT-0042.",
-            hint="Use list_tickets or find_customer to find the ticket number.",
-        )
-    return f"TKT-{int(m.group(1)):04d}"
+# Priorities are listed low..critical in the vocabulary; their rank is their position there.
+PRIORITY_RANK = {p: i for i, p in enumerate(TICKET_PRIORITIES)}
+PRIORITY_RANK_SQL = "(CASE t.priority " + " ".join(f"WHEN '{p}' THEN {r}" for p, r in PRIORITY_RANK.items()) + " END)"
 
 
 def check_transition(current: str, new: str) -> None:
@@ -165,12 +156,12 @@ def ticket_view(row: asyncpg.Record, *, subject_is_customer_text: bool = True) -
 
 class CreateTicketInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    customer_id: str = Field(max_length=64, description="UUID of the customer (find_customer gives it).")
+    customer_id: CustomerId = Field(description="UUID of the customer (find_customer gives it).")
     subject: str = Field(min_length=1, max_length=500, description="Short summary of the problem.")
-    channel: Literal["email", "whatsapp", "web_form"] = Field(description="Channel the request came from.")
+    channel: Channel = Field(description="Channel the request came from.")
     category: TicketCategory = Field(default="general", description="Ticket category.")
     priority: TicketPriority = Field(default="medium", description="Priority; sets the SLA deadline.")
-    conversation_id: str | None = Field(default=None, max_length=64, description="Attach to this conversation (UUID), optional.")
+    conversation_id: ConversationId | None = Field(default=None, description="Attach to this conversation (UUID), optional.")
     note: str | None = Field(default=None, max_length=5000, description="Internal note recorded on creation (never sent to the customer).")
     assigned_to: str | None = Field(default=None, min_length=1, max_length=200, description="Staff member to assign.")
 
@@ -189,13 +180,12 @@ async def create_ticket(crm: Crm, args: CreateTicketInput) -> TicketResult:
     conversation's ticket before any reply. A conversation has at most one unfinished ticket;
     if it already has one, this is refused and names it. Returns the new ticket with its
     TKT-0042 number and SLA deadline (from its priority)."""
-    from crm_mcp.tools.customers import require_customer, parse_uuid
+    from crm_mcp.tools.customers import require_customer  # customers imports tickets' helpers
 
     async with crm.tx() as conn:
         cid = await require_customer(conn, args.customer_id)
-        conv_id = None
-        if args.conversation_id:
-            conv_id = parse_uuid(args.conversation_id, "conversation_id", "get_customer_history")
+        conv_id = args.conversation_id
+        if conv_id:
             conv = await conn.fetchrow("SELECT customer_id FROM conversations WHERE id = $1 FOR UPDATE", conv_id)
             if conv is None or conv["customer_id"] != cid:
                 raise NotFound("No such conversation for this customer.", hint="Use get_customer_history to find conversation ids.")
@@ -205,7 +195,7 @@ async def create_ticket(crm: Crm, args: CreateTicketInput) -> TicketResult:
             if existing:
                 raise Conflict(f"Conversation already has unfinished ticket {existing}.", hint="Use update_ticket on it instead.")
         row = await insert_ticket(
-            conn, crm, customer_id=cid, conversation_id=conv_id, subject=strip_control_chars(args.subject),
+            conn, crm, customer_id=cid, conversation_id=conv_id, subject=args.subject,
             category=args.category, priority=args.priority, channel=args.channel,
             created_at=datetime.now(timezone.utc), actor="create_ticket",
         )
@@ -213,7 +203,7 @@ async def create_ticket(crm: Crm, args: CreateTicketInput) -> TicketResult:
             await conn.execute("UPDATE tickets SET assigned_to = $2 WHERE id = $1", row["id"], args.assigned_to)
             await add_event(conn, row["id"], "assignment", to_value=args.assigned_to, actor="create_ticket")
         if args.note:
-            await add_event(conn, row["id"], "note", note=strip_control_chars(args.note), actor="create_ticket")
+            await add_event(conn, row["id"], "note", note=args.note, actor="create_ticket")
         row = await conn.fetchrow("SELECT * FROM tickets WHERE id = $1", row["id"])
     return TicketResult(ticket=ticket_view(row), changed=True)
 
@@ -223,7 +213,7 @@ async def create_ticket(crm: Crm, args: CreateTicketInput) -> TicketResult:
 
 class GetTicketInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    ticket_number: str = Field(max_length=20, description="Ticket number such as TKT-0042.", examples=["TKT-0042"])
+    ticket_number: TicketNumber = Field(description="Ticket number such as TKT-0042.")
     response_format: Literal["concise", "detailed"] = Field(
         default="concise", description="'concise': ticket and last 5 messages; 'detailed': full history and up to 50 messages."
     )
@@ -292,10 +282,10 @@ class ListTicketsInput(BaseModel):
         default=None, max_length=6, description="Only these statuses. Default: unfinished ones (open, in_progress, waiting, escalated)."
     )
     priority: list[TicketPriority] | None = Field(default=None, max_length=4, description="Only these priorities.")
-    channel: Literal["email", "whatsapp", "web_form"] | None = Field(default=None, description="Only tickets from this channel.")
+    channel: Channel | None = Field(default=None, description="Only tickets from this channel.")
     category: TicketCategory | None = Field(default=None, description="Only this category.")
     assigned_to: str | None = Field(default=None, max_length=200, description="Only tickets assigned to this person; '' for unassigned.")
-    customer_id: str | None = Field(default=None, max_length=64, description="Only this customer's tickets (UUID).")
+    customer_id: CustomerId | None = Field(default=None, description="Only this customer's tickets (UUID).")
     breached_sla: bool | None = Field(default=None, description="True: only tickets past their SLA deadline; False: only within it.")
     limit: int = Field(default=20, ge=1, le=100, description="Page size (1-100).")
     cursor: str | None = Field(default=None, max_length=500, description="next_cursor from the previous page.")
@@ -347,18 +337,16 @@ async def list_tickets(crm: Crm, args: ListTicketsInput) -> ListTicketsResult:
         else:
             add("t.assigned_to = ?", args.assigned_to)
     if args.customer_id:
-        from crm_mcp.tools.customers import parse_uuid
-
-        add("t.customer_id = ?", parse_uuid(args.customer_id, "customer_id", "find_customer"))
+        add("t.customer_id = ?", args.customer_id)
     if args.breached_sla is True:
         conds.append("(t.sla_breached_at IS NOT NULL OR (t.sla_due_at < now() AND t.status NOT IN ('resolved','closed')))")
     elif args.breached_sla is False:
         conds.append("NOT (t.sla_breached_at IS NOT NULL OR (t.sla_due_at < now() AND t.status NOT IN ('resolved','closed')))")
-    rank = "(CASE t.priority WHEN 'critical' THEN 3 WHEN 'high' THEN 2 WHEN 'medium' THEN 1 ELSE 0 END)"
+    rank = PRIORITY_RANK_SQL
     if args.cursor:
         def parse(c: dict[str, Any]) -> tuple[int, datetime, str]:
             r, n = int(c["r"]), str(c["n"])
-            if not (0 <= r <= 3 and _TICKET_RE.fullmatch(n)):
+            if not (0 <= r <= 3 and TICKET_NUMBER.fullmatch(n)):
                 raise ValueError("out of range")
             return r, aware(c["t"]), n
 
@@ -402,7 +390,7 @@ async def list_tickets(crm: Crm, args: ListTicketsInput) -> ListTicketsResult:
 
 class UpdateTicketInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    ticket_number: str = Field(max_length=20, description="Ticket number such as TKT-0042.")
+    ticket_number: TicketNumber = Field(description="Ticket number such as TKT-0042.")
     status: TicketStatus | None = Field(default=None, description="New status; must be a legal move (see get_ticket's legal_next_statuses).")
     priority: TicketPriority | None = Field(default=None, description="New priority.")
     category: TicketCategory | None = Field(default=None, description="New category.")
@@ -450,7 +438,7 @@ async def update_ticket(crm: Crm, args: UpdateTicketInput) -> TicketResult:
                 sets["resolved_at"] = None
             await add_event(conn, tid, "status", from_value=row["status"], to_value=args.status, actor=actor)
         if args.resolution_notes is not None:
-            sets["resolution_notes"] = strip_control_chars(args.resolution_notes)
+            sets["resolution_notes"] = args.resolution_notes
         if args.priority is not None and args.priority != row["priority"]:
             sets["priority"] = args.priority
             sets["sla_due_at"] = row["created_at"] + timedelta(hours=crm.settings.sla_hours(args.priority))
@@ -464,7 +452,7 @@ async def update_ticket(crm: Crm, args: UpdateTicketInput) -> TicketResult:
                 sets["assigned_to"] = new
                 await add_event(conn, tid, "assignment", from_value=row["assigned_to"], to_value=new, actor=actor)
         if args.note:
-            await add_event(conn, tid, "note", note=strip_control_chars(args.note), actor=actor)
+            await add_event(conn, tid, "note", note=args.note, actor=actor)
             changed = True
         if sets:
             cols = list(sets)
@@ -485,7 +473,7 @@ async def update_ticket(crm: Crm, args: UpdateTicketInput) -> TicketResult:
 
 class EscalateInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    ticket_number: str = Field(max_length=20, description="Ticket number such as TKT-0042.")
+    ticket_number: TicketNumber = Field(description="Ticket number such as TKT-0042.")
     reason: str = Field(min_length=3, max_length=500, description="Why a human is needed (shown to staff, not to the customer).")
     priority: TicketPriority | None = Field(default=None, description="Raise the priority at the same time (never lowers it).")
 
@@ -533,7 +521,7 @@ async def escalate_to_human(crm: Crm, args: EscalateInput) -> EscalateResult:
     update_ticket first)."""
     async with crm.tx() as conn:
         row = await fetch_ticket(conn, args.ticket_number, for_update=True)
-        done = await escalate(conn, row, strip_control_chars(args.reason), args.priority, "escalate_to_human")
+        done = await escalate(conn, row, args.reason, args.priority, "escalate_to_human")
         row = await conn.fetchrow("SELECT * FROM tickets WHERE id = $1", row["id"])
     msg = "Escalated to human support." if done else "Already escalated; nothing changed."
     return EscalateResult(ticket=ticket_view(row), already_escalated=not done, message=msg)
