@@ -15,12 +15,13 @@ import asyncpg
 from pydantic import BaseModel
 
 from crm_mcp.tools.customers import load_summaries
+from crm_mcp.tools.models import MessageView
 from crm_mcp.tools.plumbing.params import parse_uuid
+from crm_mcp.tools.vocabulary import CHANNELS
 from crm_mcp.tools.plumbing.errors import NotFound
 from crm_mcp.tools.engines.formatting import untrusted
 from crm_mcp.tools.tickets import fetch_ticket, ticket_view
 
-CHANNELS = ("email", "whatsapp", "web_form")
 
 
 def _default(obj: Any) -> Any:
@@ -40,18 +41,7 @@ def to_json(data: Any) -> str:
 
 
 def message_view(r: asyncpg.Record) -> dict[str, Any]:
-    customer = r["role"] == "customer"
-    return {
-        "message_id": str(r["id"]),
-        "at": r["created_at"],
-        "channel": r["channel"],
-        "direction": r["direction"],
-        "role": r["role"],
-        "subject": (untrusted(r["subject"], source=r["channel"]) if customer else r["subject"]) if r["subject"] else None,
-        "content": untrusted(r["content"], source=r["channel"]) if customer else r["content"],
-        "delivery_status": r["delivery_status"],
-        "sentiment": r["sentiment"],
-    }
+    return MessageView.from_row(r).model_dump()
 
 
 def _ticket_brief(r: asyncpg.Record) -> dict[str, Any]:

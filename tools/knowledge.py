@@ -494,17 +494,17 @@ PRODUCT_SQL = """
 WITH v AS (
     SELECT id, 1 - (embedding <=> $1) AS cosine, row_number() OVER (ORDER BY embedding <=> $1) AS pos
     FROM products WHERE is_active AND embedding IS NOT NULL AND ($3::numeric IS NULL OR price <= $3)
-    ORDER BY embedding <=> $1 LIMIT 40
+    ORDER BY embedding <=> $1 LIMIT $5
 ), q AS (
     SELECT to_tsquery('english', string_agg(quote_literal(lexeme), ' | ')) AS tsq
     FROM unnest(tsvector_to_array(to_tsvector('english', $2))) AS lexeme
 ), t AS (
     SELECT p.id, row_number() OVER (ORDER BY ts_rank_cd(p.tsv, q.tsq, 32) DESC) AS pos
     FROM products p, q WHERE q.tsq IS NOT NULL AND p.is_active AND p.tsv @@ q.tsq AND ($3::numeric IS NULL OR p.price <= $3)
-    LIMIT 40
+    LIMIT $5
 )
 SELECT p.*, v.cosine, v.pos AS vpos, t.pos AS tpos,
-       coalesce(1.0 / (60 + v.pos), 0) + coalesce(1.0 / (60 + t.pos), 0) AS score
+       coalesce(1.0 / ($6 + v.pos), 0) + coalesce(1.0 / ($6 + t.pos), 0) AS score
 FROM products p LEFT JOIN v ON v.id = p.id LEFT JOIN t ON t.id = p.id
 WHERE v.id IS NOT NULL OR t.id IS NOT NULL
 ORDER BY score DESC, p.external_id
@@ -521,7 +521,7 @@ async def search_products(crm: Crm, args: SearchProductsInput) -> SearchProducts
     qvec = await get_embedder(crm).embed_query(query)
     async with crm.pool.acquire() as conn, conn.transaction():
         await _index_settings(crm, conn)
-        rows = await conn.fetch(PRODUCT_SQL, qvec, query, args.max_price, args.limit)
+        rows = await conn.fetch(PRODUCT_SQL, qvec, query, args.max_price, args.limit, CANDIDATES, RRF_K)
     return SearchProductsResult(results=[
         ProductResult(external_id=r["external_id"], title=r["title"], description=_snippet(r["description"], 300),
                       category=r["category"], price=str(r["price"]) if r["price"] is not None else None, currency=r["currency"],

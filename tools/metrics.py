@@ -98,7 +98,7 @@ class Spread(Out):
 
 
 class ChannelMetrics(Out):
-    channel: Literal["email", "whatsapp", "web_form", "total"]
+    channel: Channel | Literal["total"]
     conversations: int = Field(description="Conversations started in the period.")
     messages_in: int = Field(description="Inbound customer messages.")
     messages_out: int = Field(description="Outbound replies by the AI agent or staff (system notices excluded).")

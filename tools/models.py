@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from crm_mcp.tools.engines.formatting import untrusted
 
 
 class Out(BaseModel):
@@ -36,3 +38,29 @@ class CustomerSummary(Out):
     total_interactions: int
     sentiment: SentimentSummary
     merged_into: str | None = Field(default=None, description="Set when this record was merged into another customer.")
+
+
+class MessageView(Out):
+    """One message as every reader sees it (get_conversation, get_ticket, resources, prompts)."""
+
+    message_id: str
+    at: datetime
+    channel: str
+    direction: str
+    role: str
+    subject: str | None = None
+    content: str = Field(description="Customer-written text is wrapped in <untrusted-customer-content> tags.")
+    delivery_status: str | None = None
+    sentiment: float | None = None
+
+    @classmethod
+    def from_row(cls, r: Any) -> MessageView:
+        """A messages row; the customer's own words (content, subject) are marked as untrusted data."""
+        customer = r["role"] == "customer"
+        subject = r["subject"]
+        return cls(
+            message_id=str(r["id"]), at=r["created_at"], channel=r["channel"], direction=r["direction"], role=r["role"],
+            subject=untrusted(subject, source=r["channel"]) if subject and customer else subject,
+            content=untrusted(r["content"], source=r["channel"]) if customer else r["content"],
+            delivery_status=r["delivery_status"], sentiment=r["sentiment"],
+        )

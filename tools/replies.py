@@ -18,8 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from crm_mcp.tools.plumbing.context import Crm
 from crm_mcp.tools.vocabulary import Channel, DeliveryStatus
 from crm_mcp.tools.plumbing.errors import Conflict, NotFound, UserError
-from crm_mcp.tools.engines.formatting import render_template, split_message, untrusted
-from crm_mcp.tools.models import Out
+from crm_mcp.tools.engines.formatting import render_template, split_message
+from crm_mcp.tools.models import MessageView, Out
 from crm_mcp.tools.plumbing.registry import crm_tool
 from crm_mcp.tools.plumbing.paging import aware, decode_cursor, encode_cursor
 from crm_mcp.tools.plumbing.params import ConversationId, MessageId, Text, TicketNumber
@@ -269,18 +269,6 @@ class GetConversationInput(BaseModel):
     cursor: str | None = Field(default=None, max_length=500, description="next_cursor from the previous page.")
 
 
-class ConversationMessage(Out):
-    message_id: str
-    at: datetime
-    channel: Channel
-    direction: str
-    role: str
-    content: str = Field(description="Customer-written text is wrapped in <untrusted-customer-content> tags.")
-    subject: str | None
-    delivery_status: str | None
-    sentiment: float | None
-
-
 class GetConversationResult(Out):
     conversation_id: str
     customer_id: str
@@ -292,7 +280,7 @@ class GetConversationResult(Out):
     started_at: datetime
     last_activity_at: datetime
     ticket_numbers: list[str]
-    messages: list[ConversationMessage] = Field(description="Oldest first.")
+    messages: list[MessageView] = Field(description="Oldest first.")
     next_cursor: str | None
 
 
@@ -319,14 +307,7 @@ async def get_conversation(crm: Crm, args: GetConversationInput) -> GetConversat
             "SELECT ticket_number FROM tickets WHERE conversation_id = $1 ORDER BY created_at", cid)]
     more = len(rows) > args.limit
     rows = rows[: args.limit]
-    msgs = [
-        ConversationMessage(
-            message_id=str(r["id"]), at=r["created_at"], channel=r["channel"], direction=r["direction"], role=r["role"],
-            content=untrusted(r["content"], source=r["channel"]) if r["role"] == "customer" else r["content"],
-            subject=untrusted(r["subject"], source=r["channel"]) if r["subject"] and r["role"] == "customer" else r["subject"],
-            delivery_status=r["delivery_status"], sentiment=r["sentiment"])
-        for r in rows
-    ]
+    msgs = [MessageView.from_row(r) for r in rows]
     nxt = encode_cursor({"t": rows[-1]["created_at"].isoformat(), "i": str(rows[-1]["id"])}) if more and rows else None
     return GetConversationResult(
         conversation_id=str(cid), customer_id=str(conv["customer_id"]), status=conv["status"],

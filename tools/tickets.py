@@ -25,7 +25,7 @@ from crm_mcp.tools.plumbing.context import Crm
 from crm_mcp.tools.vocabulary import TICKET_PRIORITIES, Channel, TicketCategory, TicketPriority, TicketStatus
 from crm_mcp.tools.plumbing.errors import Conflict, NotFound, UserError
 from crm_mcp.tools.engines.formatting import untrusted
-from crm_mcp.tools.models import Out
+from crm_mcp.tools.models import MessageView, Out
 from crm_mcp.tools.plumbing.paging import aware, decode_cursor, encode_cursor
 from crm_mcp.tools.plumbing.params import TICKET_NUMBER, ConversationId, CustomerId, TicketNumber, normalize_ticket_number
 from crm_mcp.tools.plumbing.registry import crm_tool
@@ -219,31 +219,11 @@ class GetTicketInput(BaseModel):
     )
 
 
-class TicketMessage(Out):
-    message_id: str
-    at: datetime
-    channel: str
-    direction: str
-    role: str
-    content: str = Field(description="Customer-written text is wrapped in <untrusted-customer-content> tags.")
-    delivery_status: str | None
-
-
 class GetTicketResult(Out):
     ticket: TicketView
     customer_name: str | None
     history: list[TicketEvent]
-    messages: list[TicketMessage]
-
-
-def message_view(r: asyncpg.Record) -> TicketMessage:
-    content = r["content"]
-    if r["role"] == "customer":
-        content = untrusted(content, source=r["channel"])
-    return TicketMessage(
-        message_id=str(r["id"]), at=r["created_at"], channel=r["channel"], direction=r["direction"], role=r["role"],
-        content=content, delivery_status=r["delivery_status"],
-    )
+    messages: list[MessageView]
 
 
 @crm_tool(name="get_ticket", title="Get ticket", toolset="tickets", read_only=True, destructive=False, idempotent=True)
@@ -269,7 +249,7 @@ async def get_ticket(crm: Crm, args: GetTicketInput) -> GetTicketResult:
         customer_name=name,
         history=[TicketEvent(kind=e["kind"], from_value=e["from_value"], to_value=e["to_value"], note=e["note"],
                              actor=e["actor"], at=e["created_at"]) for e in events],
-        messages=[message_view(m) for m in msgs],
+        messages=[MessageView.from_row(m) for m in msgs],
     )
 
 
