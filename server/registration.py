@@ -34,15 +34,35 @@ class CrmTool(Tool):
         return to_call_result(result) if convert_result else result
 
 
-def compact_text(model: BaseModel) -> str:
-    return json.dumps(model.model_dump(mode="json", exclude_none=True), ensure_ascii=False, separators=(",", ":"))
+FLOAT_DECIMALS = 4
+
+
+def rounded(value: Any) -> Any:
+    """Floats to 4 decimal places: sentiment is stored as float4, and 0.5929999947547913 is noise
+    a model pays for in tokens."""
+    if isinstance(value, float):
+        return round(value, FLOAT_DECIMALS)
+    if isinstance(value, dict):
+        return {k: rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [rounded(v) for v in value]
+    return value
+
+
+def without_nulls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [without_nulls(v) for v in value]
+    return value
 
 
 def to_call_result(model: BaseModel) -> CallToolResult:
-    return CallToolResult(
-        content=[TextContent(type="text", text=compact_text(model))],
-        structured_content=model.model_dump(mode="json"),
-    )
+    """structuredContent carries every field (its schema's contract); the text rendering, which
+    many clients hand to the model, is compact JSON without null fields."""
+    data = rounded(model.model_dump(mode="json"))
+    text = json.dumps(without_nulls(data), ensure_ascii=False, separators=(",", ":"))
+    return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=data)
 
 
 def make_tool(spec: ToolSpec, crm: Crm) -> CrmTool:

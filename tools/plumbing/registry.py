@@ -21,6 +21,7 @@ from mcp.types import ToolAnnotations
 from pydantic import BaseModel, ValidationError
 
 from crm_mcp.tools.plumbing.errors import Unavailable, UserError
+from crm_mcp.tools.plumbing.schema import compact_schema
 from crm_mcp.tools.engines.formatting import strip_control_chars
 
 log = logging.getLogger(__name__)
@@ -45,11 +46,11 @@ class ToolSpec:
 
     @property
     def input_schema(self) -> dict[str, Any]:
-        return self.input_model.model_json_schema(by_alias=True)
+        return compact_schema(self.input_model.model_json_schema(by_alias=True))
 
     @property
     def output_schema(self) -> dict[str, Any]:
-        return self.output_model.model_json_schema()
+        return compact_schema(self.output_model.model_json_schema(), output=True)
 
     async def run(self, crm: Any, arguments: dict[str, Any]) -> BaseModel:
         """Validate once, call the handler, map database failures to errors the caller can act on."""
