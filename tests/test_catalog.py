@@ -1,35 +1,20 @@
 """The tool catalog as clients see it: annotations on every tool, structured output schemas,
-read-only mode and toolsets, a schema snapshot so an accidental contract change fails CI, and
-clean shutdown of the stdio server."""
+read-only mode and toolsets, and clean shutdown of the stdio server. The schema snapshots are in
+test_contracts.py."""
 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from .conftest import REPO, mcp_client, server_env
 
 pytestmark = pytest.mark.anyio
-SNAPSHOT = Path(__file__).parent / "snapshots" / "tools.json"
-
-
-def _contract(tools: list) -> dict:
-    return {
-        t.name: {
-            "title": t.title,
-            "annotations": t.annotations.model_dump(by_alias=True, exclude_none=True),
-            "inputSchema": t.input_schema,
-            "outputSchema": t.output_schema,
-        }
-        for t in tools
-    }
 
 
 async def test_every_tool_is_annotated_described_and_structured(db_dsn: str, mode: str) -> None:
@@ -48,22 +33,6 @@ async def test_every_tool_is_annotated_described_and_structured(db_dsn: str, mod
             assert p.get("description"), f"{t.name}.{pname} has no description"
     names = [t.name for t in tools]
     assert all(n.count("_") >= 1 and n == n.lower() for n in names)  # verb_noun
-
-
-async def test_schema_snapshot(db_dsn: str) -> None:
-    async with mcp_client(db_dsn) as client:
-        current = _contract((await client.list_tools()).tools)
-    order = list(current)
-    if os.environ.get("CRM_UPDATE_SNAPSHOTS") == "1" or not SNAPSHOT.exists():
-        SNAPSHOT.write_text(json.dumps({"order": order, "tools": current}, indent=1, sort_keys=True) + "\n")
-    snap = json.loads(SNAPSHOT.read_text())
-    expected = snap["tools"]
-    assert order == snap["order"], "tools/list order changed (update the snapshot with CRM_UPDATE_SNAPSHOTS=1 if intended)"
-    for name in expected:
-        assert name in current, f"tool {name} disappeared (update the snapshot with CRM_UPDATE_SNAPSHOTS=1 if intended)"
-        assert current[name] == expected[name], (
-            f"the contract of {name} changed; if intended, rerun with CRM_UPDATE_SNAPSHOTS=1 and commit tests/snapshots/tools.json")
-    assert set(current) == set(expected), "new tools: update the snapshot with CRM_UPDATE_SNAPSHOTS=1"
 
 
 async def test_read_only_mode_wins_over_toolsets(db_dsn: str) -> None:

@@ -17,6 +17,7 @@ import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ class Ctx:
     ids: dict[str, str]
     stderr: Path
     outcomes: dict[str, int] = field(default_factory=lambda: {"ok": 0, "tool_error": 0, "rpc_error": 0})
+    log_checked: int = 0  # bytes of the server's stderr already searched for crashes
 
 
 def _db(coro_fn, *args):
@@ -503,13 +505,26 @@ async def _invariants(dsn: str) -> list[str]:
     return problems
 
 
-def test_zz_after_the_barrage_server_answers_and_data_is_sane(ctx: Ctx) -> None:
+def assert_server_answers_and_data_is_sane(ctx: Ctx) -> None:
     assert ctx.srv.alive()
     found = _ok(ctx, "find_customer", {"query": "seed@example.com"})
     assert found["matches"] and found["matches"][0]["customer_id"] in (ctx.ids["customer_id"], ctx.ids["other_customer_id"])
     print("outcomes:", ctx.outcomes)
     problems = _db(_invariants, ctx.dsn)
     assert not problems, "\n".join(problems)
-    log = ctx.stderr.read_text(errors="replace")
+    with ctx.stderr.open("rb") as f:  # only what the server logged since the last check
+        f.seek(ctx.log_checked)
+        log = f.read().decode(errors="replace")
+        ctx.log_checked = f.tell()
     crashes = re.findall(r"^.*(?:Traceback|ERROR).*$", log, re.MULTILINE)
     assert not crashes, crashes[:20]
+
+
+@pytest.fixture(autouse=True)
+def _after_each_barrage(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every test that drives the shared server is followed by the sanity check, so the check
+    covers every barrage whatever order (or subset) the tests run in; a failure here is reported
+    against the test whose barrage broke something."""
+    yield
+    if "ctx" in request.fixturenames:
+        assert_server_answers_and_data_is_sane(request.getfixturevalue("ctx"))

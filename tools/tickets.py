@@ -1,13 +1,9 @@
 """Tickets: one state machine, TKT-0001 numbers, history, escalation and the SLA sweep.
 
-State machine (the only legal moves; setting the current status again is a no-op):
-
-    open         -> in_progress | waiting | escalated | resolved
-    in_progress  -> waiting | escalated | resolved
-    waiting      -> in_progress | escalated | resolved     (a customer reply moves it to in_progress)
-    escalated    -> in_progress | resolved                 (a human picked it up / solved it)
-    resolved     -> closed | open                          (a customer reply reopens it)
-    closed       -> (final; a later message opens a new ticket)
+The state machine is TRANSITIONS below, the one place it is written: the update_ticket
+description, its refusals and the README are generated from it. Setting the current status again
+is a no-op. A customer reply moves a waiting ticket to in_progress and reopens a resolved one;
+after closed, the customer's next message opens a new ticket.
 
 `resolved` needs resolution notes; `escalated` needs a reason. Internal notes are ticket events
 and are never sent to the customer."""
@@ -38,6 +34,20 @@ TRANSITIONS: dict[str, tuple[str, ...]] = {
     "resolved": ("closed", "open"),
     "closed": (),
 }
+
+
+def transitions_text() -> str:
+    """TRANSITIONS in one line, for the update_ticket description."""
+    moves = [f"{status} -> {' | '.join(legal)}" for status, legal in TRANSITIONS.items() if legal]
+    final = [status for status, legal in TRANSITIONS.items() if not legal]
+    return "; ".join([*moves, f"{' and '.join(final)} is final"])
+
+
+def _with_state_machine(fn: Any) -> Any:
+    # A tool's docstring is its description; this writes the state machine into it from TRANSITIONS.
+    fn.__doc__ = (fn.__doc__ or "").replace("{state_machine}", transitions_text())
+    return fn
+
 UNFINISHED = ("open", "in_progress", "waiting", "escalated")
 # Priorities are listed low..critical in the vocabulary; their rank is their position there.
 PRIORITY_RANK = {p: i for i, p in enumerate(TICKET_PRIORITIES)}
@@ -388,12 +398,11 @@ class UpdateTicketInput(BaseModel):
 
 
 @crm_tool(name="update_ticket", title="Update ticket", toolset="tickets", read_only=False, destructive=False, idempotent=True)
+@_with_state_machine
 async def update_ticket(crm: Crm, args: UpdateTicketInput) -> TicketResult:
     """Change a ticket's status, priority, category or assignee, or add an internal note.
 
-    Status changes follow the state machine: open -> in_progress | waiting | escalated | resolved;
-    in_progress -> waiting | escalated | resolved; waiting -> in_progress | escalated | resolved;
-    escalated -> in_progress | resolved; resolved -> closed | open; closed is final. Resolving
+    Status changes follow the state machine: {state_machine}. Resolving
     needs resolution_notes. An illegal move is refused with the legal ones listed. Notes are
     internal and never sent to the customer. For escalation prefer escalate_to_human, which
     also flags the conversation and records the escalation metric."""
