@@ -62,7 +62,7 @@ if __package__ in (None, ""):  # python bench/kb_latency.py
 
 from pgvector.asyncpg import register_vector  # noqa: E402
 
-from bench.common import log, machine, with_db  # noqa: E402
+from bench.common import log, machine, percentile, with_db  # noqa: E402
 
 from crm_mcp.tools.engines.embeddings import LocalEmbedder  # noqa: E402
 from crm_mcp.tools.knowledge import CANDIDATES, COMMON_FREQ, SELECTIVE_FROM_ROWS, TEXT_SQL, VECTOR_SQL  # noqa: E402
@@ -418,18 +418,10 @@ async def load_rows(dsn: str, ds: Dataset, lo: int, hi: int) -> dict[str, float]
 
 
 
-def pct(xs: list[float], p: float) -> float:
-    s = sorted(xs)
-    if not s:
-        return float("nan")
-    k = (len(s) - 1) * p / 100
-    f = int(k)
-    c = min(f + 1, len(s) - 1)
-    return s[f] + (s[c] - s[f]) * (k - f)
 
 
 def summary(xs: list[float]) -> dict[str, float]:
-    return {"p50_ms": round(pct(xs, 50), 2), "p95_ms": round(pct(xs, 95), 2), "mean_ms": round(statistics.fmean(xs), 2),
+    return {"p50_ms": round(percentile(xs, 50), 2), "p95_ms": round(percentile(xs, 95), 2), "mean_ms": round(statistics.fmean(xs), 2),
             "max_ms": round(max(xs), 2), "n": len(xs)}
 
 
@@ -606,7 +598,7 @@ async def measure_recall(dsn: str, qv: np.ndarray, fqv: np.ndarray, efs: list[in
             finally:
                 await c.close()
             return {"recall_at_10": round(statistics.fmean(rec), 4), "min": round(min(rec), 2),
-                    "recall_at_10_tie_tolerant": round(statistics.fmean(rec_tol), 4), "p95_ms": round(pct(lat, 95), 2)}
+                    "recall_at_10_tie_tolerant": round(statistics.fmean(rec_tol), 4), "p95_ms": round(percentile(lat, 95), 2)}
 
         for ef in efs:
             out[f"ef{ef}"] = await run(ef, 10, None, qv, exact)

@@ -37,6 +37,10 @@ from bench.intake import Messages  # noqa: E402
 # innermost matching frame wins; order matters only for overlapping patterns
 IDLE_LEAVES = ("EpollSelector.select", "Condition.wait", "WorkerThread.run", "Event.wait", "Thread._wait_for_tstate_lock")
 
+# Where our packages live in this checkout (py-spy reports absolute paths), wherever it is cloned.
+_REPO = Path(__file__).resolve().parent.parent
+TOOLS, SERVER = str(_REPO / "tools"), str(_REPO / "server")
+
 COMPONENTS = [
     ("asyncpg (driver, protocol)", ("/asyncpg/",)),
     ("pydantic validation/serialisation", ("/pydantic/", "/pydantic_core/", "pydantic_settings")),
@@ -44,12 +48,12 @@ COMPONENTS = [
     ("VADER sentiment", ("vaderSentiment",)),
     ("email_validator / phonenumbers / idna", ("/email_validator/", "/phonenumbers/", "/idna/")),
     ("json (stdlib)", ("/json/",)),
-    ("crm_mcp tools (rules, classify)", ("/main/tools/rules.py",)),
+    ("crm_mcp tools (rules, classify)", (f"{TOOLS}/engines/rules",)),
     ("stdio pipe write (syscall)", ("asyncio/unix_events.py",)),
     ("socket write to PostgreSQL (syscall)", ("asyncio/selector_events.py",)),
     ("thread hand-off (anyio worker threads)", ("threading.py",)),
-    ("crm_mcp tools (other)", ("/main/tools/",)),
-    ("crm_mcp server", ("/main/server/",)),
+    ("crm_mcp tools (other)", (f"{TOOLS}/",)),
+    ("crm_mcp server", (f"{SERVER}/",)),
     ("MCP SDK", ("/mcp/", "/mcp_types/")),
     ("anyio streams/threads", ("/anyio/",)),
     ("asyncio event loop", ("/asyncio/", "selectors.py")),
@@ -99,7 +103,7 @@ def _short(frame: str) -> str:
     return f"{name} ({'/'.join(parts[-3:])})"
 
 
-INTERESTING = ("/main/tools/", "/main/server/", "/mcp/", "pydantic", "asyncpg", "vader", "email_validator", "json/")
+INTERESTING = (f"{TOOLS}/", f"{SERVER}/", "/mcp/", "pydantic", "asyncpg", "vader", "email_validator", "json/")
 
 
 def report(label: str, path: Path, calls: int, wall: float) -> dict[str, Any]:

@@ -101,6 +101,8 @@ async def open_crm(settings: Settings, *, check_embeddings: bool = True, backgro
                 tg.cancel_scope.cancel()
     finally:
         with anyio.CancelScope(shield=True):
+            if crm.embedder is not None:
+                await crm.embedder.aclose()  # the OpenAI client's HTTP connections
             # A backend that stopped answering would block a graceful close forever.
             with anyio.move_on_after(5) as waited:
                 await pool.close()

@@ -229,6 +229,8 @@ class FakeOpenAI:
                 data = json.dumps(body).encode()
                 fake.statuses.append(status)
                 self.send_response(status)
+                if status >= 429:  # the client honours it: keeps the retry tests fast
+                    self.send_header("retry-after-ms", "10")
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
@@ -288,7 +290,7 @@ def _expected(texts: list[str], dim: int) -> np.ndarray:
 async def test_openai_batches_and_retries_429(fake_openai: FakeOpenAI) -> None:
     fake_openai.mode = "429-once"
     embedder = make_embedder(
-        "openai", api_key="sk-test", base_url=fake_openai.base_url, dimensions=8, backoff_base=0.01
+        "openai", api_key="sk-test", base_url=fake_openai.base_url, dimensions=8
     )
     assert embedder.dimension == 8
     texts = [f"article chunk {i}" for i in range(600)]
@@ -316,7 +318,7 @@ async def test_openai_default_dimension_without_param(fake_openai: FakeOpenAI) -
 async def test_openai_persistent_500_raises_after_bounded_retries(fake_openai: FakeOpenAI) -> None:
     fake_openai.mode = "always-500"
     embedder = make_embedder(
-        "openai", api_key="sk-test", base_url=fake_openai.base_url, max_retries=3, backoff_base=0.01
+        "openai", api_key="sk-test", base_url=fake_openai.base_url, max_retries=3
     )
     start = time.perf_counter()
     with pytest.raises(EmbeddingProviderError, match="HTTP 500") as info:
@@ -334,7 +336,7 @@ async def test_openai_unreachable_server_is_provider_error() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     embedder = make_embedder(
-        "openai", api_key="sk-test", base_url=f"http://127.0.0.1:{port}/v1", max_retries=1, backoff_base=0.01
+        "openai", api_key="sk-test", base_url=f"http://127.0.0.1:{port}/v1", max_retries=1
     )
     with pytest.raises(EmbeddingProviderError, match="cannot reach"):
         await embedder.embed_query("hello")

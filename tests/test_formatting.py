@@ -9,10 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crm_mcp.tools.engines.formatting import (
-    ELLIPSIS,
     NAME_FALLBACK,
     UNTRUSTED_TAG,
-    fit_to_length,
     render_template,
     split_message,
     strip_control_chars,
@@ -156,32 +154,16 @@ def test_whatsapp_limit():
     assert " ".join(parts).split() == text.split()
 
 
-def test_numbered_parts_fit_limit():
-    text = ("Sentence number one is here. " * 30).strip()
-    parts = split_message(text, 100, numbered=True)
-    n = len(parts)
-    assert n > 1
-    for i, p in enumerate(parts, 1):
-        assert p.endswith(f" ({i}/{n})")
-        assert len(p) <= 100
-    stripped = [re.sub(r" \(\d+/\d+\)$", "", p) for p in parts]
-    assert " ".join(stripped).split() == text.split()
 
 
-def test_numbered_many_parts_two_digit_suffix():
-    text = "ab " * 200
-    parts = split_message(text, 12, numbered=True)
-    assert len(parts) >= 10
-    assert all(len(p) <= 12 for p in parts)
 
 
-def test_numbered_single_part_has_no_suffix():
-    assert split_message("short", 100, numbered=True) == ["short"]
 
 
-def test_numbered_limit_too_small_falls_back():
-    parts = split_message("abc def ghi", 3, numbered=True)
-    assert parts == ["abc", "def", "ghi"]
+
+
+
+
 
 
 def test_split_invalid_limit():
@@ -195,18 +177,15 @@ _WORDY = st.text(
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.one_of(_ANY, _WORDY), st.integers(1, 200), st.booleans())
-def test_split_properties(text, limit, numbered):
-    parts = split_message(text, limit, numbered=numbered)
+@given(st.one_of(_ANY, _WORDY), st.integers(1, 200))
+def test_split_properties(text, limit):
+    parts = split_message(text, limit)
     assert all(parts), "no empty parts"
     assert all(len(p) <= limit for p in parts)
-    if numbered and len(parts) > 1 and limit >= 7:
-        parts = [re.sub(r" \(\d+/\d+\)$", "", p) for p in parts]
     # non-whitespace characters are preserved, in order
     assert "".join("".join(parts).split()) == "".join(text.split())
     # when no word exceeds the (effective) limit, whole words are preserved in order
-    effective = limit - (4 + 2 * len(str(max(len(parts), 1)))) if numbered and len(parts) > 1 else limit
-    if all(len(w) <= max(effective, 1) for w in text.split()):
+    if all(len(w) <= limit for w in text.split()):
         assert " ".join(parts).split() == text.split()
 
 
@@ -215,63 +194,6 @@ def test_split_huge_string():
     parts = split_message(text, 1600)
     assert all(len(p) <= 1600 for p in parts)
     assert sum(len(p.split()) for p in parts) == 400_000
-
-
-# ------------------------------------------------------------------ fit_to_length
-
-
-def test_fit_short_unchanged():
-    assert fit_to_length("Hi there.", 300) == "Hi there."
-    assert fit_to_length("  exact  ", 9) == "  exact  "
-
-
-def test_fit_sentence_boundary_without_ellipsis():
-    text = "First sentence is here. Second sentence is also here. Third."
-    assert fit_to_length(text, 55) == "First sentence is here. Second sentence is also here."
-
-
-def test_fit_word_boundary_with_ellipsis():
-    text = "Hello there friend, this is a long sentence that goes on."
-    out = fit_to_length(text, 30)
-    assert out == "Hello there friend, this is a" + ELLIPSIS
-    assert len(out) <= 30
-
-
-def test_fit_short_sentence_prefers_word_cut():
-    text = "Hi. This is a much longer sentence that will be truncated somewhere."
-    out = fit_to_length(text, 40)
-    assert out.endswith(ELLIPSIS)
-    assert len(out) <= 40
-    assert out.startswith("Hi. This is a much longer")
-
-
-def test_fit_strips_trailing_punctuation_before_ellipsis():
-    out = fit_to_length("alpha, beta, gamma, delta, epsilon", 14)
-    assert out == "alpha, beta" + ELLIPSIS
-
-
-def test_fit_long_word_hard_cut():
-    out = fit_to_length("x" * 100, 10)
-    assert out == "x" * 9 + ELLIPSIS
-
-
-def test_fit_tiny_limit():
-    assert fit_to_length("hello world", 1) == ELLIPSIS
-    with pytest.raises(ValueError):
-        fit_to_length("x", 0)
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.one_of(_ANY, _WORDY), st.integers(1, 500))
-def test_fit_properties(text, limit):
-    out = fit_to_length(text, limit)
-    assert len(out) <= limit
-    if len(text) <= limit:
-        assert out == text
-    else:
-        core = out[: -len(ELLIPSIS)] if out.endswith(ELLIPSIS) else out
-        # what is kept is a prefix of the (stripped) text
-        assert text.strip().startswith(core)
 
 
 # ------------------------------------------------------------------ strip_control_chars

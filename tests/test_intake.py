@@ -66,8 +66,8 @@ async def test_email_then_whatsapp_linked_by_web_form_is_one_conversation_with_s
     ids = {x["customer"]["customer_id"] for x in (a, b, c)}
     assert len(ids) == 1
     assert {x["conversation"]["conversation_id"] for x in (a, b, c)} == {a["conversation"]["conversation_id"]}
-    assert b["channel_switched"] and b["conversation"]["previous_channel"] == "web_form"
-    assert c["channel_switched"] and c["conversation"]["previous_channel"] == "email"
+    assert b["conversation"]["channel_switched"] and b["conversation"]["previous_channel"] == "web_form"
+    assert c["conversation"]["channel_switched"] and c["conversation"]["previous_channel"] == "email"
     assert c["ticket"]["ticket_number"] == a["ticket"]["ticket_number"]
     conv = await call(client, "get_conversation", conversation_id=a["conversation"]["conversation_id"])
     assert [s["to"] for s in conv["channel_switches"]] == ["email", "whatsapp"]

@@ -135,7 +135,6 @@ class IngestResult(Out):
     customer: IngestCustomer
     conversation: IngestConversation
     ticket: IngestTicket
-    channel_switched: bool
     sentiment: float = Field(description="-1 (very negative) .. +1 (very positive).")
     escalation_suggested: bool
     escalation_reasons: list[Escalation]
@@ -221,7 +220,6 @@ def _duplicate(row: asyncpg.Record) -> IngestResult:
         conversation=IngestConversation(conversation_id=str(row["conversation_id"]), is_new=False, channel_switched=False, previous_channel=None),
         ticket=IngestTicket(ticket_number=row["ticket_number"], status=row["status"], priority=row["priority"],
                             category=row["category"], is_new=False, reopened=False),
-        channel_switched=False,
         sentiment=row["sentiment"] or 0.0,
         escalation_suggested=False,
         escalation_reasons=[],
@@ -397,7 +395,6 @@ async def _ingest_once(
         conversation=IngestConversation(conversation_id=str(conv_id), is_new=conv_is_new, channel_switched=switched, previous_channel=previous_channel),
         ticket=IngestTicket(ticket_number=ticket["ticket_number"], status=ticket["status"], priority=ticket["priority"],
                             category=ticket["category"], is_new=ticket_is_new, reopened=reopened),
-        channel_switched=switched,
         sentiment=sentiment,
         escalation_suggested=suggested,
         escalation_reasons=[Escalation(code=r.code, detail=r.detail) for r in reasons],

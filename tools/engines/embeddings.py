@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import random
 import threading
 from importlib import metadata
 from pathlib import Path
@@ -64,6 +63,8 @@ class Embedder(Protocol):
     async def embed_documents(self, texts: Sequence[str]) -> np.ndarray: ...
 
     async def embed_query(self, text: str) -> np.ndarray: ...
+
+    async def aclose(self) -> None: ...
 
 
 PROVIDERS = ("local", "openai")
@@ -316,6 +317,9 @@ class LocalEmbedder:
             return self._run([ids])[0]
         return (await anyio.to_thread.run_sync(self._run, [ids]))[0]
 
+    async def aclose(self) -> None:
+        """Nothing to release: the session lives as long as the process."""
+
 
 # --------------------------------------------------------------------------
 # openai (and compatible servers)
@@ -345,8 +349,6 @@ class OpenAIEmbedder:
         dimensions: int | None = None,
         batch_size: int = OPENAI_MAX_BATCH,
         max_retries: int = 5,
-        backoff_base: float = 0.5,
-        backoff_max: float = 20.0,
         timeout: float = 60.0,
     ) -> None:
         api_key = api_key or os.environ.get(OPENAI_API_KEY_ENV) or None
@@ -378,50 +380,34 @@ class OpenAIEmbedder:
             raise EmbeddingConfigError(f"batch_size must be in 1..{OPENAI_MAX_BATCH}, got {batch_size}")
         self.batch_size = batch_size
         self.max_retries = max(0, max_retries)
-        self.backoff_base = backoff_base
-        self.backoff_max = backoff_max
-        # Retries are ours (bounded, with our backoff), not the client's.
+        # The client retries 408/409/429/5xx and connection errors itself: exponential backoff
+        # with jitter, honouring Retry-After. We only bound the count and translate the outcome.
         self._client = openai.AsyncOpenAI(
-            api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout
+            api_key=api_key, base_url=base_url, max_retries=self.max_retries, timeout=timeout
         )
-
-    def _backoff(self, attempt: int) -> float:
-        delay = min(self.backoff_max, self.backoff_base * (2**attempt))
-        return delay * (0.5 + random.random() / 2)  # jitter in [delay/2, delay]
 
     async def _request(self, texts: list[str]) -> np.ndarray:
         openai = self._openai
         kwargs: dict[str, Any] = {"model": self.model, "input": texts, "encoding_format": "float"}
         if self._dimensions_param is not None:
             kwargs["dimensions"] = self._dimensions_param
-        attempt = 0
-        while True:
-            try:
-                response = await self._client.embeddings.create(**kwargs)
-                break
-            except openai.APIStatusError as exc:
-                status = exc.status_code
-                retryable = status == 429 or status >= 500
-                if not retryable or attempt >= self.max_retries:
-                    what = "rate limited" if status == 429 else f"HTTP {status}"
-                    tries = f" after {attempt + 1} attempts" if retryable else ""
-                    raise EmbeddingProviderError(
-                        f"openai embeddings request failed ({what}{tries}) for model {self.model!r}"
-                    ) from exc
-            except (openai.APIConnectionError, openai.APITimeoutError) as exc:
-                if attempt >= self.max_retries:
-                    raise EmbeddingProviderError(
-                        f"cannot reach the openai embeddings endpoint after {attempt + 1} attempts "
-                        f"({type(exc).__name__})"
-                    ) from exc
-            except openai.OpenAIError as exc:
-                raise EmbeddingProviderError(
-                    f"openai embeddings request failed ({type(exc).__name__})"
-                ) from exc
-            delay = self._backoff(attempt)
-            attempt += 1
-            logger.warning("openai embeddings: retry %d/%d in %.2fs", attempt, self.max_retries, delay)
-            await anyio.sleep(delay)
+        tries = self.max_retries + 1
+        try:
+            response = await self._client.embeddings.create(**kwargs)
+        except openai.APIStatusError as exc:
+            status = exc.status_code
+            retryable = status in (408, 409, 429) or status >= 500
+            what = "rate limited" if status == 429 else f"HTTP {status}"
+            after = f" after {tries} attempts" if retryable else ""
+            raise EmbeddingProviderError(
+                f"openai embeddings request failed ({what}{after}) for model {self.model!r}"
+            ) from exc
+        except (openai.APIConnectionError, openai.APITimeoutError) as exc:
+            raise EmbeddingProviderError(
+                f"cannot reach the openai embeddings endpoint after {tries} attempts ({type(exc).__name__})"
+            ) from exc
+        except openai.OpenAIError as exc:
+            raise EmbeddingProviderError(f"openai embeddings request failed ({type(exc).__name__})") from exc
         data = sorted(response.data, key=lambda d: d.index)
         if len(data) != len(texts):
             raise EmbeddingProviderError(
@@ -471,7 +457,7 @@ def make_embedder(
     """Build an embedder. Cheap: the local model loads on first use (or ``warm_up()``).
 
     Extra keyword ``options`` go to the provider class (e.g. ``batch_size``,
-    ``intra_op_threads`` for local; ``max_retries``, ``backoff_base`` for openai).
+    ``intra_op_threads`` for local; ``max_retries``, ``timeout`` for openai).
     """
     name = (provider or "").strip().lower()
     if name == "local":

@@ -16,7 +16,7 @@ render_template(template, *, body, customer_name, ticket_number)
     * a template without ``{{response_body}}`` gets the body appended after a blank line, so
       a misconfigured template can never swallow the reply.
 
-split_message(text, limit, *, numbered=False)
+split_message(text, limit)
     For channels that split long replies (WhatsApp, 1600). Text is stripped; empty -> ``[]``.
     Each part is stripped, non-empty and ``len(part) <= limit``. Cut points, in order of
     preference, searched backwards from the limit: (1) a sentence end -- whitespace after
@@ -25,18 +25,6 @@ split_message(text, limit, *, numbered=False)
     than the limit. Only whitespace is removed at cut points, so ``" ".join(parts).split() ==
     text.split()`` whenever no word is longer than the limit, and the non-whitespace characters
     are always preserved in order.
-    ``numbered=True`` appends " (i/n)" to every part when there is more than one; the suffix is
-    counted inside ``limit``. If the limit is too small to hold a suffix, parts are unnumbered.
-
-fit_to_length(text, limit)
-    For channels that cannot split: ``limit`` is a hard cap on the body. Text within the limit
-    is returned unchanged. Otherwise (text stripped first):
-    (1) cut at the last sentence end within the limit, with no ellipsis, if that keeps at least
-        half the limit (a clean sentence reads better than "…" after a full stop);
-    (2) else cut at the last whitespace within ``limit - 1``, drop trailing ``, ; : - – —``,
-        and append "…" (U+2026, one char);
-    (3) else (one long word) hard-cut at ``limit - 1`` and append "…".
-    The result is always ``<= limit`` chars.
 
 strip_control_chars(text)
     For every piece of customer text before storage. ``\\r\\n`` and lone ``\\r`` become ``\\n``;
@@ -66,10 +54,8 @@ from __future__ import annotations
 import re
 
 __all__ = [
-    "ELLIPSIS",
     "NAME_FALLBACK",
     "UNTRUSTED_TAG",
-    "fit_to_length",
     "render_template",
     "split_message",
     "strip_control_chars",
@@ -77,7 +63,6 @@ __all__ = [
 ]
 
 NAME_FALLBACK = "there"
-ELLIPSIS = "\u2026"
 UNTRUSTED_TAG = "untrusted-customer-content"
 
 _PLACEHOLDER = re.compile(r"\{\{\s*(customer_name|response_body|ticket_number)\s*\}\}")
@@ -87,7 +72,6 @@ _BODY_PLACEHOLDER = re.compile(r"\{\{\s*response_body\s*\}\}")
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
 _SENTENCE_END = frozenset(".!?\u2026")
 _CLOSERS = frozenset("\"')]}\u201d\u2019\u00bb")
-_TRAILING_PUNCT = ",;:-\u2013\u2014"
 
 
 def strip_control_chars(text: str) -> str:
@@ -135,7 +119,7 @@ def _ends_sentence(s: str, i: int) -> bool:
     return j >= 0 and s[j] in _SENTENCE_END
 
 
-def _cut_point(s: str, limit: int, *, sentences: bool = True) -> tuple[int, str]:
+def _cut_point(s: str, limit: int) -> tuple[int, str]:
     """Best cut index in ``s`` (whose ``s[0]`` is not whitespace) for a part of <= limit chars.
 
     Returns (index, kind) with kind "sentence", "word" or "hard"; ``s[index]`` is whitespace for
@@ -144,12 +128,10 @@ def _cut_point(s: str, limit: int, *, sentences: bool = True) -> tuple[int, str]
     word_cut = 0
     for i in range(min(limit, len(s) - 1), 0, -1):
         if s[i].isspace():
-            if sentences and _ends_sentence(s, i):
+            if _ends_sentence(s, i):
                 return i, "sentence"
             if not word_cut:
                 word_cut = i
-                if not sentences:
-                    break
     if word_cut:
         return word_cut, "word"
     return limit, "hard"
@@ -167,7 +149,7 @@ def _split(text: str, limit: int) -> list[str]:
     return parts
 
 
-def split_message(text: str, limit: int, *, numbered: bool = False) -> list[str]:
+def split_message(text: str, limit: int) -> list[str]:
     """Split ``text`` into parts of at most ``limit`` chars (see the module docstring)."""
     if limit < 1:
         raise ValueError("limit must be at least 1")
@@ -176,46 +158,7 @@ def split_message(text: str, limit: int, *, numbered: bool = False) -> list[str]
         return []
     if len(text) <= limit:
         return [text]
-    if not numbered:
-        return _split(text, limit)
-    digits = 1
-    while True:
-        budget = limit - (len(" (/)") + 2 * digits)
-        if budget < 1:
-            return _split(text, limit)
-        parts = _split(text, budget)
-        if len(parts) < 10**digits:
-            break
-        digits += 1
-    if len(parts) == 1:  # pragma: no cover - text longer than limit never fits one smaller part
-        return parts
-    total = len(parts)
-    return [f"{part} ({n}/{total})" for n, part in enumerate(parts, start=1)]
-
-
-def fit_to_length(text: str, limit: int) -> str:
-    """Cap ``text`` at ``limit`` chars, cutting cleanly (see the module docstring)."""
-    if limit < 1:
-        raise ValueError("limit must be at least 1")
-    if len(text) <= limit:
-        return text
-    text = text.strip()
-    if len(text) <= limit:
-        return text
-    cut, kind = _cut_point(text, limit)
-    if kind == "sentence":
-        kept = text[:cut].rstrip()
-        if len(kept) >= limit // 2:
-            return kept
-    budget = limit - len(ELLIPSIS)
-    if budget < 1:
-        return ELLIPSIS[:limit]
-    cut, kind = _cut_point(text, budget, sentences=False)
-    if kind == "word":
-        kept = text[:cut].rstrip().rstrip(_TRAILING_PUNCT).rstrip()
-        if kept:
-            return kept + ELLIPSIS
-    return text[:budget].rstrip() + ELLIPSIS
+    return _split(text, limit)
 
 
 _INVISIBLE = r"[\s\x00-\x1f\x7f-\x9f\u00ad\u200b-\u200f\u2028-\u202e\u2060-\u2064\ufeff]*"
