@@ -151,15 +151,11 @@ def _detect(query: str) -> SearchKind:
 
 @crm_tool(name="find_customer", title="Find customer", toolset="customers", read_only=True, destructive=False, idempotent=True)
 async def find_customer(crm: Crm, args: FindCustomerInput) -> FindCustomerResult:
-    """Look a customer up by email, phone or WhatsApp number, customer id, ticket number or name.
-
-    Use this first whenever a message or a person mentions a customer: it returns each match
-    with all their identities (email/phone/whatsapp), plan, open ticket count, last contact time
-    and sentiment trend. Emails are matched case-insensitively; phone numbers are normalised to
-    E.164 (so '+1 (415) 555-0123', '4155550123' and 'whatsapp:+14155550123' all find the same
-    person). Name search is a case-insensitive substring match, newest contact first.
-    Not for creating or changing customers: use upsert_customer. For a customer's messages and
-    tickets over time use get_customer_history."""
+    """Look a customer up by email, phone/WhatsApp number, customer id, ticket number (TKT-0042)
+    or part of a name. Use it first whenever a message mentions a customer. Returns each match
+    with identities, plan, open tickets, last contact and sentiment trend. Phones match in any
+    format (normalised to E.164); names are a case-insensitive substring, newest contact first.
+    To create or change a customer use upsert_customer; for their timeline, get_customer_history."""
     q = args.query.replace("\x00", "").strip()
     if not q:
         raise UserError("query is empty.", hint="Pass an email, phone number, ticket number, customer id or name.")
@@ -269,15 +265,10 @@ async def link_identity(
 
 @crm_tool(name="upsert_customer", title="Create or update customer", toolset="customers", read_only=False, destructive=False, idempotent=True)
 async def upsert_customer(crm: Crm, args: UpsertCustomerInput) -> UpsertCustomerResult:
-    """Create a customer or update one, and link email / phone / WhatsApp identities to them.
-
-    With customer_id: updates the given profile fields and links the identities. Without it:
-    finds the customer who owns any of the given identities, or creates a new one, so calling
-    it twice with the same email is safe (idempotent). Fields you omit are left unchanged.
-    Emails are lower-cased and validated; phones are normalised to E.164 (numbers without a
-    country code are read in the server's default region). An identity that already belongs
-    to a different customer is refused (nothing changes): use merge_customers when two records
-    are the same person. Use find_customer to get ids."""
+    """Create or update a customer and link email / phone / WhatsApp identities.
+    With customer_id: update the given fields. Without: find the owner of any given identity or
+    create one (safe to repeat). Omitted fields are unchanged. An identity that belongs to another
+    customer is refused: use merge_customers if they are the same person. Ids: find_customer."""
     wanted = [(kind, value) for kind, value in (("email", args.email), ("phone", args.phone), ("whatsapp", args.whatsapp)) if value]
 
     for attempt in range(3):
@@ -382,16 +373,11 @@ def _count(status: str) -> int:
 
 @crm_tool(name="merge_customers", title="Merge duplicate customers", toolset="customers", read_only=False, destructive=True, idempotent=True)
 async def merge_customers(crm: Crm, args: MergeCustomersInput) -> MergeCustomersResult:
-    """Fold a duplicate customer record into the primary one, in one transaction: identities,
-    conversations, messages, tickets, orders, feedback and history move to the primary, counts
-    and sentiment are combined, the duplicate is marked merged_into the primary, and an audit
-    record is kept. Destructive: the duplicate stops being a separate customer.
-
-    Use when find_customer or ingest_message (identity_conflicts) shows one person under two
-    records. Refused when both records hold verified identities of the same kind with different
-    values (for example two verified emails), since that suggests two real people. If both have
-    an open conversation, the duplicate's is closed (its tickets stay open, now under the
-    primary). Repeating a finished merge changes nothing."""
+    """Fold a duplicate customer into the primary, in one audited transaction: identities,
+    conversations, messages, tickets, orders and feedback move over; the duplicate is marked
+    merged_into. Destructive. Use when find_customer or ingest_message (identity_conflicts,
+    likely duplicates) show one person under two records. Refused when both hold different verified
+    identities of the same kind (two real people). Repeating a finished merge changes nothing."""
     p, d = args.primary_id, args.duplicate_id
     if p == d:
         raise UserError("primary_id and duplicate_id are the same customer.")

@@ -406,14 +406,10 @@ def _snippet(text: str, limit: int = 400) -> str:
 
 @crm_tool(name="search_knowledge_base", title="Search knowledge base", toolset="knowledge", read_only=True, destructive=False, idempotent=True)
 async def search_knowledge_base(crm: Crm, args: SearchKbInput) -> SearchKbResult:
-    """Find the product-docs articles that answer a question: hybrid search combining meaning
-    (embeddings, so paraphrases match) with exact terms (full text, so error codes such as
-    FB-4291 and product names match). Returns title, the best passage, category, similarity,
-    which signal matched, and an honest relevance label.
-
-    Call it before answering any product question; answer only from results labelled
-    'relevant'. When nothing_relevant is true, do not invent an answer: escalate_to_human.
-    For the product catalogue (add-ons, plans for sale) use search_products."""
+    """Find help articles that answer a question: hybrid search over meaning (paraphrases) and exact
+    terms (error codes such as FB-4291, product names). Returns title, best passage, category,
+    scores and a relevance label. Answer only from results labelled 'relevant'; when
+    nothing_relevant is true, do not guess: escalate_to_human. Products for sale: search_products."""
     query = args.query
     hits = await hybrid_search(crm, query, category=args.category, limit=args.limit)
     if args.min_score is not None:
@@ -455,10 +451,9 @@ class UpsertKbResult(Out):
 
 @crm_tool(name="upsert_kb_article", title="Create or update KB article", toolset="knowledge", read_only=False, destructive=False, idempotent=True)
 async def upsert_kb_article(crm: Crm, args: UpsertKbInput) -> UpsertKbResult:
-    """Create or update a knowledge base article (for staff). Its embeddings are recomputed in
-    the same call; long articles are split into overlapping passages that are searched
-    separately and returned as one article. Sending the same content again changes nothing.
-    Use search_knowledge_base to find existing articles first."""
+    """Create or update a knowledge base article (staff). Embeddings are recomputed in the same
+    call; long articles are split into overlapping passages, searched separately and returned as one
+    article. Sending the same content again changes nothing. Check search_knowledge_base first."""
     aid = args.article_id
     art = Article(title=args.title, content=args.content, category=args.category, source_path=args.slug)
     aid, state, n = await upsert_article(crm, art, article_id=aid, is_active=args.is_active)

@@ -355,15 +355,11 @@ async def _message_target(conn: asyncpg.Connection, mid: uuid.UUID) -> asyncpg.R
 
 @crm_tool(name="record_feedback", title="Record customer feedback", toolset="metrics", read_only=False, destructive=False, idempotent=True)
 async def record_feedback(crm: Crm, args: RecordFeedbackInput) -> FeedbackResult:
-    """Store a customer's satisfaction rating (1-5, with an optional comment) for one reply
-    (message_id of an outbound agent or staff message) or for a ticket's handling overall
-    (ticket_number). Customer, conversation, ticket and channel are filled in from the target.
-
-    Use it when the customer answers a satisfaction survey or says how happy they are with a
-    reply. Ratings of 4 and 5 count as satisfied in get_metrics' CSAT. One rating per reply and
-    one per ticket: rating the same target again replaces the earlier rating (replaced=true
-    shows the previous one), so retries are safe. Customer messages and system notices cannot
-    be rated. Not for complaints that need action: open or update a ticket for those."""
+    """Store a customer's satisfaction rating (1-5, optional comment) for one outbound reply
+    (message_id) or a ticket overall (ticket_number); customer, ticket and channel come from the
+    target. Ratings 4-5 count as satisfied in get_metrics' CSAT. Rating the same target again
+    replaces the earlier rating (replaced=true), so retries are safe. Complaints that need action
+    belong in a ticket."""
     comment = args.comment or ""
     async with crm.tx() as conn:
         if args.message_id is not None:

@@ -83,16 +83,11 @@ async def _replay(conn: asyncpg.Connection, key: str) -> SendResponseResult | No
 
 @crm_tool(name="send_response", title="Send response", toolset="conversations", read_only=False, destructive=False, idempotent=False)
 async def send_response(crm: Crm, args: SendResponseInput) -> SendResponseResult:
-    """Queue a reply to the customer on a ticket or conversation, formatted for the channel.
-
-    The body is wrapped in the channel's template from channel_configs (greeting with the
-    customer's name, signature, ticket reference) and held to its length limit: WhatsApp
-    replies longer than 1,600 characters are split into several messages at sentence
-    boundaries (never mid-word); on email and web form a reply over the limit is refused so
-    you can shorten it. The reply is stored as outbound messages with delivery_status
-    'pending' for the channel bridge to deliver; the result shows exactly what will be sent.
-    Marks the ticket's first response time. Pass idempotency_key to make retries safe.
-    For internal notes use update_ticket (notes are never sent)."""
+    """Queue a reply on a ticket or conversation, formatted for the channel: the channel template
+    adds greeting, signature and ticket reference; WhatsApp replies over 1,600 characters are split at
+    sentence boundaries, email and web-form replies over the limit are refused. Parts wait as
+    'pending' for the channel bridge; the result shows exactly what will be sent. Pass
+    idempotency_key to make retries safe. Internal notes go through update_ticket."""
     body = args.body
     async with crm.tx() as conn:
         if args.idempotency_key:
@@ -213,12 +208,10 @@ class DeliveryResult(Out):
 
 @crm_tool(name="update_delivery_status", title="Update delivery status", toolset="conversations", read_only=False, destructive=False, idempotent=True)
 async def update_delivery_status(crm: Crm, args: DeliveryInput) -> DeliveryResult:
-    """Record what the channel reported about an outbound message (used by bridges).
-
-    Statuses only move forward: pending -> sent -> delivered -> read, and failed from any state
-    that is not final (read and failed are final). Reports that arrive late or twice (webhooks
-    are retried and reordered) are ignored with changed=false, not errors. Identify the message
-    by message_id, or by channel + channel_message_id once the provider id is recorded."""
+    """Record what a channel reported about an outbound message (for bridges). Statuses only move
+    forward (pending -> sent -> delivered -> read; failed from any non-final state); late or repeated
+    reports are ignored with changed=false. Identify the message by message_id, or by channel +
+    channel_message_id once the provider id is recorded."""
     async with crm.tx() as conn:
         if args.message_id is not None:
             row = await conn.fetchrow("SELECT * FROM messages WHERE id = $1 FOR UPDATE", args.message_id)

@@ -15,16 +15,20 @@ _SCHEMA_MAPS = ("properties", "$defs", "definitions", "patternProperties")
 
 def compact_schema(schema: Any, *, output: bool = False) -> Any:
     """Shorter equivalent schema. With output=True (a tool's outputSchema, which describes what
-    the server sends rather than what it accepts) `required`, `additionalProperties: false` and
-    string enums go too: they constrain the producer, which is us; the closed value lists a model
-    needs are in the input schemas."""
+    the server sends rather than what it accepts) the schema is cut to its top level: nested
+    objects become {"type": "object"} with their description, and `required`,
+    `additionalProperties: false` and string enums go. They constrain the producer, which is us;
+    a model sees every nested field by name in the result itself, and the closed value lists are
+    in the input schemas. This halves tools/list (see bench/context_size.py)."""
     if isinstance(schema, list):
         return [compact_schema(s, output=output) for s in schema]
     if not isinstance(schema, dict):
         return schema
+    if output and "$ref" in schema:
+        schema = {"type": "object", **{k: v for k, v in schema.items() if k != "$ref"}}
     out: dict[str, Any] = {}
     for key, value in schema.items():
-        if key == "title" or (key == "default" and value is None):
+        if key == "title" or (key == "default" and value is None) or (output and key == "$defs"):
             continue
         if output and (key == "required" or (key == "additionalProperties" and value is False)):
             continue
