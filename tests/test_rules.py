@@ -662,13 +662,14 @@ def test_speed_2kb_message():
 
 import re  # noqa: E402
 
-from crm_mcp.tools.engines import rules as _rules  # noqa: E402
+from crm_mcp.tools.engines.rules import tables  # noqa: E402
+from crm_mcp.tools.engines.rules.matching import prepare  # noqa: E402
 
 ALL_PATTERNS = (
     [(name, p) for _, rs in CATEGORY_RULES for name, p in rs]
-    + list(_rules._CRITICAL_RULES)
-    + list(_rules._HIGH_RULES)
-    + [("legal", _rules._LEGAL), ("refund", _rules._REFUND), ("human", _rules._HUMAN), ("thanks", _rules._THANKS)]
+    + list(tables.CRITICAL_RULES)
+    + list(tables.HIGH_RULES)
+    + [("legal", tables.LEGAL), ("refund", tables.REFUND), ("human", tables.HUMAN), ("thanks", tables.THANKS)]
 )
 _VOCAB = sorted(
     {w for _, p in ALL_PATTERNS for w in re.findall(r"[a-z0-9']+", p.source.replace(r"\s", " ").replace(r"\b", " "))}
@@ -687,14 +688,14 @@ def _plain(p, text):
 @settings(max_examples=600, deadline=None)
 @given(_MIXED)
 def test_prefiltered_matching_equals_plain_regex(text):
-    t = _rules._prepare(text)
+    t = prepare(text)
     for name, p in ALL_PATTERNS:
         assert (p.search(t) is not None) == _plain(p, t.text), (name, text)
 
 
 @pytest.mark.parametrize("text", [c[0] for c in CATEGORY_CASES] + ["I'll sue", "won't load", "HTTP 503", "2-step verification"])
 def test_prefiltered_matching_equals_plain_regex_examples(text):
-    t = _rules._prepare(text)
+    t = prepare(text)
     for name, p in ALL_PATTERNS:
         assert (p.search(t) is not None) == _plain(p, t.text), (name, text)
 

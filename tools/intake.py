@@ -34,7 +34,7 @@ from crm_mcp.tools.engines.formatting import strip_control_chars
 from crm_mcp.tools.engines.identity import normalize_email, normalize_phone
 from crm_mcp.tools.models import Out
 from crm_mcp.tools.plumbing.registry import crm_tool
-from crm_mcp.tools.engines.rules import classify, escalation_reasons, score_sentiment
+from crm_mcp.tools.engines.rules import EscalationCode, classify, escalation_reasons, score_sentiment
 from crm_mcp.tools.tickets import insert_ticket
 
 MAX_CONTENT = 50_000
@@ -127,7 +127,7 @@ class IngestTicket(Out):
 
 
 class Escalation(Out):
-    code: str
+    code: EscalationCode
     detail: str
 
 
