@@ -43,7 +43,6 @@ _PERSON_OBJECT = (
     r"team members?|new users?)\b)"
 ).replace(" ", r"\s+")
 
-
 CATEGORY_RULES: tuple[tuple[TicketCategory, tuple[tuple[str, WordPattern], ...]], ...] = (
     (
         "feature_request",
@@ -298,7 +297,6 @@ LEGAL = rx(
     r"dispute (?:the |this |a )?(?:charge|payment|transaction)s?",
 )
 
-
 # A bare "I was refunded, thanks" reports a finished refund and does not fire; "want to be
 # refunded" and "haven't been refunded" do. "credit card" never fires.
 REFUND = rx(
@@ -322,7 +320,6 @@ REFUND = rx(
     r"waive (?:the )?fees?",
     r"account credit",
 )
-
 
 # Not "talk to someone in my team", not "my manager", not "a manager account"; no phrase may be
 # followed by "-", so "a human-readable export" does not escalate, and "human" alone never fires.
@@ -348,7 +345,6 @@ HUMAN = rx(
     suffix="(?!-)",
 )
 
-
 # A negatable match is ignored when its sentence, just before it, ends with one of these refusal
 # cues and then only filler words: "I don't want a refund, just a fix", "no need to escalate".
 NEGATION_BEFORE = re.compile(
@@ -359,7 +355,6 @@ NEGATION_BEFORE = re.compile(
     r"|\bwithout)"
     r"(?:\s+(?:a|an|any|the|my|our|to|for|be|get|ever|really|even))*\s*$"
 )
-
 
 # code -> phrases, and whether a refusal cue before a match cancels it (NEGATION_BEFORE).
 TEXT_TRIGGERS: tuple[tuple[EscalationCode, WordPattern, bool], ...] = (
