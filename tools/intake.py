@@ -32,7 +32,7 @@ from crm_mcp.tools.vocabulary import Channel, TicketCategory, TicketPriority, Ti
 from crm_mcp.tools.models import Out
 from crm_mcp.tools.plumbing.params import Email, Phone, Text
 from crm_mcp.tools.plumbing.registry import crm_tool
-from crm_mcp.tools.engines.rules import classify, escalation_reasons, score_sentiment
+from crm_mcp.tools.engines.rules import EscalationCode, classify, escalation_reasons, score_sentiment
 from crm_mcp.tools.tickets import insert_ticket
 
 MAX_CONTENT = 50_000
@@ -125,7 +125,7 @@ class IngestTicket(Out):
 
 
 class Escalation(Out):
-    code: str
+    code: EscalationCode
     detail: str
 
 
