@@ -51,9 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     kb = sub.add_parser("kb", help="knowledge base: import Markdown, reindex embeddings, search")
     kbsub = kb.add_subparsers(dest="kb_command", required=True)
-    imp = kbsub.add_parser("import", help="import a folder of Markdown articles (idempotent by path and content hash)")
+    imp = kbsub.add_parser("import", help="import a folder of Markdown and plain text articles (idempotent by path and content hash)")
     _common(imp)
-    imp.add_argument("path", help="folder of .md files; the first '# ' heading is the title, the folder (or front matter) the category")
+    imp.add_argument("path", help="folder of .md and .txt files; the first '# ' heading (else the file name) is the title, "
+                     "the folder (or front matter) the category; what could not be followed is reported")
     rei = kbsub.add_parser("reindex", help="re-embed every article and product with the configured embedder (resumable)")
     _common(rei)
     srch = kbsub.add_parser("search", help="search the knowledge base from the terminal")
@@ -135,7 +136,10 @@ def main(argv: list[str] | None = None) -> None:
             stop_embedded(embedded_pgdata(settings))
     except KeyboardInterrupt:
         raise SystemExit(130) from None
-    except Exception as exc:  # one clear line, not a traceback, for operational failures
+    except Exception as caught:  # one clear line, not a traceback, for operational failures
+        exc: BaseException = caught
+        while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+            exc = exc.exceptions[0]  # raised inside a task group (open_crm runs one)
         from crm_mcp.tools.engines.embeddings import EmbeddingConfigError, EmbeddingProviderError
         from crm_mcp.tools.knowledge import EmbeddingSpaceMismatch
 
@@ -195,7 +199,13 @@ async def _kb(settings: Settings, ns: argparse.Namespace, search: Any) -> None:
     # reindex must be able to start while the stored vectors belong to another embedder
     async with open_crm(settings, check_embeddings=ns.kb_command != "reindex", background=False) as crm:
         if ns.kb_command == "import":
-            counts = await knowledge.import_folder(crm, Path(ns.path), progress=sys.stderr.isatty())
+            tty = sys.stderr.isatty()
+
+            def warn(message: str) -> None:
+                # on a terminal, clear the progress bar's line first
+                print(("\r\x1b[K" if tty else "") + f"crm-mcp: warning: {message}", file=sys.stderr)
+
+            counts = await knowledge.import_folder(crm, Path(ns.path), progress=tty, warn=warn)
             print(json.dumps(counts))
         elif ns.kb_command == "reindex":
             print(json.dumps(await knowledge.reindex(crm, progress=sys.stderr.isatty())))

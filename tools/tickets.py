@@ -426,21 +426,29 @@ async def update_ticket(crm: Crm, args: UpdateTicketInput) -> TicketResult:
     Status changes follow the state machine: open -> in_progress | waiting | escalated | resolved;
     in_progress -> waiting | escalated | resolved; waiting -> in_progress | escalated | resolved;
     escalated -> in_progress | resolved; resolved -> closed | open; closed is final. Resolving
-    needs resolution_notes. An illegal move is refused with the legal ones listed. Notes are
-    internal and never sent to the customer. For escalation prefer escalate_to_human, which
-    also flags the conversation and records the escalation metric."""
+    needs resolution_notes. Escalating needs escalation_reason and does exactly what
+    escalate_to_human does (flags the conversation, counts the escalation). An illegal move is
+    refused with the legal ones listed. Notes are internal and never sent to the customer."""
     actor = args.actor or "update_ticket"
+    if args.escalation_reason is not None and args.status != "escalated":
+        raise UserError("escalation_reason is only used with status='escalated'; nothing was changed.",
+                        hint="Put other remarks in note.")
     async with crm.tx() as conn:
         row = await fetch_ticket(conn, args.ticket_number, for_update=True)
         tid = row["id"]
         changed = False
         sets: dict[str, Any] = {}
-        if args.status is not None and args.status != row["status"]:
+        if args.status == "escalated" and row["status"] != "escalated":
+            check_transition(row["status"], "escalated")
+            if not args.escalation_reason or not strip_control_chars(args.escalation_reason).strip():
+                raise UserError("Escalating a ticket needs escalation_reason (why a human is needed); nothing was changed.",
+                                hint="Call update_ticket again with escalation_reason, or use escalate_to_human with reason.")
+            changed = await escalate(conn, row, strip_control_chars(args.escalation_reason).strip(), None, actor)
+            row = await conn.fetchrow("SELECT * FROM tickets WHERE id = $1", tid)
+        elif args.status is not None and args.status != row["status"]:
             check_transition(row["status"], args.status)
             if args.status == "resolved" and not (args.resolution_notes or row["resolution_notes"]):
                 raise UserError("Resolving a ticket needs resolution_notes (what was done for the customer).")
-            if args.status == "escalated":
-                raise UserError("Use escalate_to_human to escalate (it records the reason, flags the conversation and counts the escalation).")
             sets["status"] = args.status
             if args.status == "resolved":
                 sets["resolved_at"] = datetime.now(timezone.utc)
