@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import anyio
 
 from . import __version__
 from .config import ConfigError, Settings, load_settings
+
+if TYPE_CHECKING:
+    from crm_mcp.tools.knowledge import SearchKbInput
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -82,7 +85,7 @@ def _usage_error(message: str) -> NoReturn:
     raise SystemExit(2)
 
 
-def _search_input(ns: argparse.Namespace) -> Any:
+def _search_input(ns: argparse.Namespace) -> SearchKbInput:
     """The `kb search` arguments, validated by the tool's own input model before anything starts."""
     from pydantic import ValidationError
 
@@ -187,7 +190,7 @@ async def _demo_reset(settings: Settings, force: bool) -> None:
     print(json.dumps(summary, indent=2))
 
 
-async def _kb(settings: Settings, ns: argparse.Namespace, search: Any) -> None:
+async def _kb(settings: Settings, ns: argparse.Namespace, search: SearchKbInput | None) -> None:
     from pathlib import Path
 
     from crm_mcp.tools import knowledge
@@ -210,6 +213,7 @@ async def _kb(settings: Settings, ns: argparse.Namespace, search: Any) -> None:
         elif ns.kb_command == "reindex":
             print(json.dumps(await knowledge.reindex(crm, progress=sys.stderr.isatty())))
         else:
+            assert search is not None  # validated in main before the database was opened
             res = await knowledge.search_knowledge_base(crm, search)
             for i, r in enumerate(res.results, 1):
                 sim = "-" if r.similarity is None else f"{r.similarity:.2f}"
