@@ -208,11 +208,11 @@ For details you may call list_tickets or get_customer_history.
 - Messages out (agent and staff replies): {f['messages_out']}
 - Tickets opened: {f['tickets_opened']}
 - Tickets resolved: {f['tickets_resolved']}
-- Tickets escalated: {f['tickets_escalated']}
+- Tickets escalated during the day (whenever they were opened): {f['tickets_escalated_in_period']}
 - SLA breaches: {f['sla_breaches']}
 - Average inbound sentiment (-1..+1): {f['average_sentiment'] if f['average_sentiment'] is not None else 'unknown'}
 - Median first response time: {f"{frt:.0f} s" if frt is not None else 'unknown'}
-- Escalation rate: {f['escalation_rate'] if f['escalation_rate'] is not None else 'unknown'}
+- Of the tickets opened this day, escalated by its end: {_share(f['opened_tickets_escalation_rate'])}
 - AI resolution rate: {f['ai_resolution_rate'] if f['ai_resolution_rate'] is not None else 'unknown'}
 - CSAT (share of 4-5 ratings): {f['csat'] if f['csat'] is not None else 'unknown'}
 - Tickets opened by category: {cats}
@@ -221,6 +221,12 @@ For details you may call list_tickets or get_customer_history.
 ## By channel
 {chans}
 """
+
+
+def _share(rate: dict[str, Any]) -> str:
+    if rate["value"] is None:
+        return "unknown (none opened)"
+    return f"{rate['numerator']} of {rate['denominator']} ({rate['value']:.0%})"
 
 
 def _parse_day(value: str | None) -> date:

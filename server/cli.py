@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import anyio
 
 from . import __version__
 from .config import ConfigError, Settings, load_settings
+
+if TYPE_CHECKING:
+    from crm_mcp.tools.knowledge import SearchKbInput
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -43,11 +46,18 @@ def build_parser() -> argparse.ArgumentParser:
     seed = sub.add_parser("seed-demo", help="load the demo data set (customers, conversations, tickets, knowledge base)")
     _common(seed)
 
+    demo = sub.add_parser("demo", help="the demo data set")
+    demosub = demo.add_subparsers(dest="demo_command", required=True)
+    reset = demosub.add_parser("reset", help="delete all data and load the demo again, with fresh times and SLA deadlines")
+    _common(reset)
+    reset.add_argument("--force", action="store_true", help="also delete data that is not the demo's")
+
     kb = sub.add_parser("kb", help="knowledge base: import Markdown, reindex embeddings, search")
     kbsub = kb.add_subparsers(dest="kb_command", required=True)
-    imp = kbsub.add_parser("import", help="import a folder of Markdown articles (idempotent by path and content hash)")
+    imp = kbsub.add_parser("import", help="import a folder of Markdown and plain text articles (idempotent by path and content hash)")
     _common(imp)
-    imp.add_argument("path", help="folder of .md files; the first '# ' heading is the title, the folder (or front matter) the category")
+    imp.add_argument("path", help="folder of .md and .txt files; the first '# ' heading (else the file name) is the title, "
+                     "the folder (or front matter) the category; what could not be followed is reported")
     rei = kbsub.add_parser("reindex", help="re-embed every article and product with the configured embedder (resumable)")
     _common(rei)
     srch = kbsub.add_parser("search", help="search the knowledge base from the terminal")
@@ -70,13 +80,37 @@ def _settings(ns: argparse.Namespace) -> Settings:
     return load_settings(**{k: getattr(ns, k, None) for k in keys})
 
 
+def _usage_error(message: str) -> NoReturn:
+    print(f"crm-mcp: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _search_input(ns: argparse.Namespace) -> SearchKbInput:
+    """The `kb search` arguments, validated by the tool's own input model before anything starts."""
+    from pydantic import ValidationError
+
+    from crm_mcp.tools.knowledge import SearchKbInput
+    from crm_mcp.tools.vocabulary import KB_CATEGORIES
+
+    try:
+        return SearchKbInput(query=ns.query, limit=ns.limit, category=ns.category)
+    except ValidationError as exc:
+        field = str(exc.errors()[0]["loc"][0])
+    if field == "category":
+        _usage_error(f"kb search: --category {ns.category!r} is not a knowledge base category; valid: {', '.join(KB_CATEGORIES)}.")
+    if field == "limit":
+        bounds = SearchKbInput.model_json_schema()["properties"]["limit"]
+        _usage_error(f"kb search: --limit must be between {bounds['minimum']} and {bounds['maximum']} (got {ns.limit}).")
+    _usage_error("kb search: the query must be 1-2000 characters, e.g. crm-mcp kb search \"refund annual plan\".")
+
+
 def main(argv: list[str] | None = None) -> None:
     ns = build_parser().parse_args(argv)
+    search = _search_input(ns) if ns.command == "kb" and ns.kb_command == "search" else None
     try:
         settings = _settings(ns)
     except ConfigError as exc:
-        print(f"crm-mcp: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        _usage_error(str(exc))
 
     from .app import configure_logging
 
@@ -93,8 +127,10 @@ def main(argv: list[str] | None = None) -> None:
             anyio.run(_migrate, settings)
         elif ns.command == "seed-demo":
             anyio.run(_seed, settings)
+        elif ns.command == "demo":
+            anyio.run(_demo_reset, settings, ns.force)
         elif ns.command == "kb":
-            anyio.run(_kb, settings, ns)
+            anyio.run(_kb, settings, ns, search)
         elif ns.command == "db" and ns.db_command == "status":
             anyio.run(_status, settings)
         elif ns.command == "db" and ns.db_command == "stop":
@@ -103,14 +139,19 @@ def main(argv: list[str] | None = None) -> None:
             stop_embedded(embedded_pgdata(settings))
     except KeyboardInterrupt:
         raise SystemExit(130) from None
-    except Exception as exc:  # one clear line, not a traceback, for operational failures
+    except Exception as caught:  # one clear line, not a traceback, for operational failures
+        exc: BaseException = caught
+        while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+            exc = exc.exceptions[0]  # raised inside a task group (open_crm runs one)
         from crm_mcp.tools.engines.embeddings import EmbeddingConfigError, EmbeddingProviderError
         from crm_mcp.tools.knowledge import EmbeddingSpaceMismatch
 
         from .db import DatabaseUnavailable
+        from .demo import DemoResetRefused
         from .migrate import MigrationError
 
-        operational = (DatabaseUnavailable, MigrationError, EmbeddingSpaceMismatch, EmbeddingConfigError, EmbeddingProviderError)
+        operational = (DatabaseUnavailable, MigrationError, EmbeddingSpaceMismatch, EmbeddingConfigError, EmbeddingProviderError,
+                       DemoResetRefused)
         if isinstance(exc, operational):
             print(f"crm-mcp: {exc}", file=sys.stderr)
             raise SystemExit(1) from None
@@ -140,7 +181,16 @@ async def _seed(settings: Settings) -> None:
     print(json.dumps(summary, indent=2))
 
 
-async def _kb(settings: Settings, ns: argparse.Namespace) -> None:
+async def _demo_reset(settings: Settings, force: bool) -> None:
+    from .app import open_crm
+    from .demo import reset_demo
+
+    async with open_crm(settings, background=False) as crm:
+        summary = await reset_demo(crm, force=force)
+    print(json.dumps(summary, indent=2))
+
+
+async def _kb(settings: Settings, ns: argparse.Namespace, search: SearchKbInput | None) -> None:
     from pathlib import Path
 
     from crm_mcp.tools import knowledge
@@ -152,13 +202,19 @@ async def _kb(settings: Settings, ns: argparse.Namespace) -> None:
     # reindex must be able to start while the stored vectors belong to another embedder
     async with open_crm(settings, check_embeddings=ns.kb_command != "reindex", background=False) as crm:
         if ns.kb_command == "import":
-            counts = await knowledge.import_folder(crm, Path(ns.path), progress=sys.stderr.isatty())
+            tty = sys.stderr.isatty()
+
+            def warn(message: str) -> None:
+                # on a terminal, clear the progress bar's line first
+                print(("\r\x1b[K" if tty else "") + f"crm-mcp: warning: {message}", file=sys.stderr)
+
+            counts = await knowledge.import_folder(crm, Path(ns.path), progress=tty, warn=warn)
             print(json.dumps(counts))
         elif ns.kb_command == "reindex":
             print(json.dumps(await knowledge.reindex(crm, progress=sys.stderr.isatty())))
         else:
-            res = await knowledge.search_knowledge_base(
-                crm, knowledge.SearchKbInput(query=ns.query, limit=ns.limit, category=ns.category))
+            assert search is not None  # validated in main before the database was opened
+            res = await knowledge.search_knowledge_base(crm, search)
             for i, r in enumerate(res.results, 1):
                 sim = "-" if r.similarity is None else f"{r.similarity:.2f}"
                 print(f"{i}. [{r.relevance}] {r.title}  ({r.category}; similarity {sim}; {'+'.join(r.matched_by)})")

@@ -71,7 +71,16 @@ class Settings(BaseSettings):
     @field_validator("toolsets")
     @classmethod
     def _check_toolsets(cls, v: str) -> str:
-        return ",".join(part.strip() for part in v.split(",") if part.strip()) or "all"
+        from crm_mcp.tools.plumbing.registry import TOOLSETS
+
+        parts = [part.strip().lower() for part in v.split(",") if part.strip()]
+        if not parts or "all" in parts:
+            return "all"
+        unknown = [p for p in parts if p not in TOOLSETS]
+        if unknown:
+            raise ValueError(
+                f"has unknown toolset(s) {', '.join(unknown)}; valid: all, or a comma-separated list of {', '.join(TOOLSETS)}.")
+        return ",".join(dict.fromkeys(parts))
 
     def sla_hours(self, priority: str) -> float:
         return float(getattr(self, f"sla_hours_{priority}"))

@@ -144,7 +144,7 @@ async def create_pool(settings: Settings, dsn: str | None = None) -> asyncpg.Poo
             timeout=10,
         )
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-        raise DatabaseUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
+        raise DatabaseUnavailable(_unreachable(dsn, exc)) from exc
     except ValueError as exc:  # vector type missing: the extension is not installed yet
         raise DatabaseUnavailable(f"cannot prepare connection: {exc}") from exc
     assert pool is not None
@@ -153,4 +153,21 @@ async def create_pool(settings: Settings, dsn: str | None = None) -> asyncpg.Poo
 
 async def connect_once(dsn: str, **kwargs: Any) -> asyncpg.Connection:
     """A plain connection without the vector codec (used before the extension exists)."""
-    return await asyncpg.connect(dsn, server_settings={"application_name": "crm-mcp-migrate", "timezone": "UTC"}, **kwargs)
+    try:
+        return await asyncpg.connect(dsn, server_settings={"application_name": "crm-mcp-migrate", "timezone": "UTC"}, **kwargs)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        raise DatabaseUnavailable(_unreachable(dsn, exc)) from exc
+
+
+def _unreachable(dsn: str, exc: BaseException) -> str:
+    """One line naming the server (never the password) and what to check."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(dsn)
+        where = f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path or ''}"
+    except ValueError:
+        where = "the configured server"
+    detail = " ".join(str(exc).split()) or type(exc).__name__
+    return (f"cannot connect to PostgreSQL at {where}: {detail}. Check that the server is running and "
+            "CRM_DATABASE_URL (or --database-url) is right, or unset it to use the embedded database.")

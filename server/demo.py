@@ -2,7 +2,8 @@
 conversations, tickets in every state, orders, products and a product-docs knowledge base.
 
 Loaded once per database (a marker row in processed_messages, taken under an advisory lock, so
-two processes loading at once load it once). Times are relative to now, so it always looks fresh."""
+two processes loading at once load it once). Times are relative to the moment of loading, and the
+unfinished tickets' SLA deadlines lie ahead of it; `crm-mcp demo reset` reloads it when it has aged."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import logging
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from crm_mcp.tools.plumbing.context import Crm
@@ -83,6 +85,11 @@ async def load_demo(crm: Crm) -> dict[str, Any]:
             if t:
                 first_out = next((m for m in msgs if m["direction"] == "outbound" and m["role"] in ("agent", "human")), None)
                 created = _at(now, msgs[0]["hours_ago"]) if msgs else started
+                due = created + timedelta(hours=crm.settings.sla_hours(t["priority"]))
+                if "sla_due_in_hours" in t:
+                    # Older work still in the queue: its deadline lies ahead at load time, so the
+                    # SLA sweep does not escalate the demo the moment the server starts.
+                    due = now + timedelta(hours=float(t["sla_due_in_hours"]))
                 row = await conn.fetchrow(
                     """INSERT INTO tickets (customer_id, conversation_id, subject, category, priority, status, source_channel,
                                            assigned_to, escalation_reason, resolution_notes, sla_due_at, first_response_at,
@@ -90,7 +97,7 @@ async def load_demo(crm: Crm) -> dict[str, Any]:
                        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) RETURNING id, ticket_number""",
                     cid, conv_id, t["subject"], t["category"], t["priority"], t["status"], v["channel"], t.get("assigned_to"),
                     t.get("escalation_reason"), t.get("resolution_notes"),
-                    created + timedelta(hours=crm.settings.sla_hours(t["priority"])),
+                    due,
                     _at(now, first_out["hours_ago"]) if first_out else None,
                     last if t["status"] == "escalated" else None,
                     last if t["status"] in ("resolved", "closed") else None,
@@ -172,4 +179,54 @@ async def load_demo(crm: Crm) -> dict[str, Any]:
         return summary
     summary["knowledge_base"] = await knowledge.import_folder(crm, demo_dir() / "kb", source="product-docs")
     await knowledge.embed_products(crm)
+    return summary
+
+
+class DemoResetRefused(Exception):
+    """The database holds data that is not the demo's; resetting would delete it."""
+
+
+# Everything a user or the demo can write. TRUNCATE ... CASCADE also empties every table that
+# references these (identities, conversations, messages, tickets and their events, orders, ...).
+# Schema state stays: migrations, channel settings, the embedding space.
+RESET_SQL = """
+TRUNCATE customers, knowledge_base, products, processed_messages, agent_metrics, analytics_daily RESTART IDENTITY CASCADE;
+UPDATE counters SET value = 0 WHERE name = 'ticket';
+"""
+
+# Rows the demo did not bring: customers with none of its identities, articles, products and
+# orders it does not contain.
+FOREIGN_ROWS_SQL = """
+SELECT (SELECT count(*) FROM customers c WHERE NOT EXISTS (
+            SELECT 1 FROM customer_identifiers i
+            WHERE i.customer_id = c.id AND (i.kind, i.value) IN (SELECT * FROM unnest($1::text[], $2::text[])))) AS customers,
+       (SELECT count(*) FROM knowledge_base WHERE source_path IS NULL OR NOT source_path = ANY($3::text[])) AS articles,
+       (SELECT count(*) FROM products WHERE NOT external_id = ANY($4::text[])) AS products,
+       (SELECT count(*) FROM orders WHERE NOT external_order_id = ANY($5::text[])) AS orders
+"""
+
+
+async def reset_demo(crm: Crm, *, force: bool = False) -> dict[str, Any]:
+    """Delete all data and load the demo again. Refused when the database holds data that is
+    not the demo's, unless force."""
+    data = json.loads((demo_dir() / "demo_data.json").read_text(encoding="utf-8"))
+    region = crm.settings.default_region
+    idents = [(i["kind"], normalize_identifier(i["kind"], i["value"], region)) for c in data["customers"] for i in c["identities"]]
+    kb_root = Path(str(demo_dir() / "kb"))
+    articles = [p.relative_to(kb_root).as_posix() for p in kb_root.rglob("*.md")]
+    async with crm.tx() as conn:
+        # the loader's lock: a concurrent `serve --demo` waits instead of loading half-way through
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('demo-load', 0))")
+        foreign = await conn.fetchrow(
+            FOREIGN_ROWS_SQL, [k for k, _ in idents], [v for _, v in idents], articles,
+            [p["external_id"] for p in data["products"]], [o["external_order_id"] for o in data["orders"]])
+        other = {k: v for k, v in dict(foreign).items() if v}
+        if other and not force:
+            listed = ", ".join(f"{v} {k}" for k, v in other.items())
+            raise DemoResetRefused(
+                f"this database holds data that is not the demo's ({listed}); demo reset would delete it. "
+                "Use a separate database for the demo (CRM_DATA_DIR or CRM_DATABASE_URL), or pass --force to delete everything.")
+        await conn.execute(RESET_SQL)
+    summary = await load_demo(crm)
+    summary["deleted_other_data"] = other
     return summary

@@ -61,12 +61,12 @@ async def test_metrics_from_real_activity(client) -> None:
     assert (em["conversations"], em["messages_in"], em["messages_out"]) == (2, 2, 1)
     assert (wa["conversations"], wa["messages_in"], wa["messages_out"]) == (2, 2, 2)  # the escalation notice is not counted
     assert (tot["conversations"], tot["messages_in"], tot["messages_out"]) == (4, 4, 3)
-    assert (em["tickets_opened"], em["tickets_resolved"], em["tickets_escalated"]) == (2, 1, 0)
-    assert (wa["tickets_opened"], wa["tickets_resolved"], wa["tickets_escalated"]) == (2, 1, 1)
-    assert (tot["tickets_opened"], tot["tickets_resolved"], tot["tickets_escalated"]) == (4, 2, 1)
-    assert em["escalation_rate"] == {"value": 0.0, "numerator": 0, "denominator": 2}
-    assert wa["escalation_rate"] == {"value": 0.5, "numerator": 1, "denominator": 2}
-    assert tot["escalation_rate"] == {"value": 0.25, "numerator": 1, "denominator": 4}
+    assert (em["tickets_opened"], em["tickets_resolved"], em["tickets_escalated_in_period"]) == (2, 1, 0)
+    assert (wa["tickets_opened"], wa["tickets_resolved"], wa["tickets_escalated_in_period"]) == (2, 1, 1)
+    assert (tot["tickets_opened"], tot["tickets_resolved"], tot["tickets_escalated_in_period"]) == (4, 2, 1)
+    assert em["opened_tickets_escalation_rate"] == {"value": 0.0, "numerator": 0, "denominator": 2}
+    assert wa["opened_tickets_escalation_rate"] == {"value": 0.5, "numerator": 1, "denominator": 2}
+    assert tot["opened_tickets_escalation_rate"] == {"value": 0.25, "numerator": 1, "denominator": 4}
     # B had a human reply: only A counts as resolved by the AI
     assert em["ai_resolution_rate"] == {"value": 1.0, "numerator": 1, "denominator": 1}
     assert wa["ai_resolution_rate"] == {"value": 0.0, "numerator": 0, "denominator": 1}
@@ -87,7 +87,7 @@ async def test_metrics_from_real_activity(client) -> None:
     assert (em["response_latency_ms"]["samples"], wa["response_latency_ms"]["samples"], tot["response_latency_ms"]["samples"]) == (1, 2, 3)
     # no data: zeros and nulls, never a division by zero
     assert web["conversations"] == 0 and web["tickets_opened"] == 0
-    assert web["escalation_rate"] == {"value": None, "numerator": 0, "denominator": 0}
+    assert web["opened_tickets_escalation_rate"] == {"value": None, "numerator": 0, "denominator": 0}
     assert web["csat"]["value"] is None and web["ai_resolution_rate"]["value"] is None and web["avg_sentiment"] is None
     assert web["first_response_s"] == {"median": None, "p90": None, "samples": 0}
 

@@ -102,7 +102,7 @@ async def test_read_templates_with_real_data(db_dsn: str, mode: str) -> None:
 
         m = await _read_json(client, "crm://metrics/summary")
         assert m["conversations_started"] == 3 and m["messages_in"] == 3 and m["messages_out"] == 1
-        assert m["tickets_opened"] == 3 and m["tickets_resolved"] == 0 and m["tickets_escalated"] == 0
+        assert m["tickets_opened"] == 3 and m["tickets_resolved"] == 0 and m["tickets_escalated_in_period"] == 0
         assert m["average_sentiment"] is None or -1 <= m["average_sentiment"] <= 1
         assert m["by_channel"]["email"] == {"messages_in": 1, "messages_out": 1}
 

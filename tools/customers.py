@@ -100,6 +100,55 @@ async def require_customer(conn: asyncpg.Connection, customer_id: uuid.UUID | st
     return row["id"]
 
 
+# likely duplicates ----------------------------------------------------------------------------
+
+
+class LikelyDuplicate(Out):
+    customer_id: str = Field(description="Another customer record that may be the same person.")
+    duplicate_of: str = Field(description="The customer it may duplicate (a match, or the customer just created).")
+    name: str | None = Field(description="Customer-written: wrapped as untrusted.")
+    company: str | None = Field(description="Wrapped as untrusted.")
+    last_contact_at: datetime | None
+    why: list[str] = Field(description="What they share, e.g. 'same name', 'same company'.")
+
+
+# Same name, case-insensitively (customers_name_idx serves the equality), at most 3 in all,
+# best first: same company, then most recent contact. A pair of matches is listed once.
+LIKELY_DUPLICATES_SQL = """
+SELECT m.id AS duplicate_of, d.id, d.name, d.company, d.last_contact_at, d.same_company
+FROM customers m
+CROSS JOIN LATERAL (
+    SELECT c.id, c.name, c.company, c.last_contact_at,
+           coalesce(lower(c.company) = lower(m.company), false) AS same_company
+    FROM customers c
+    WHERE lower(c.name) = lower(m.name) AND c.id <> m.id AND c.merged_into IS NULL
+      AND NOT (c.id = ANY($1::uuid[]) AND c.id < m.id)
+    ORDER BY same_company DESC, c.last_contact_at DESC NULLS LAST, c.id
+    LIMIT 3
+) d
+WHERE m.id = ANY($1::uuid[]) AND m.name IS NOT NULL AND m.merged_into IS NULL
+ORDER BY array_position($1::uuid[], m.id), d.same_company DESC, d.last_contact_at DESC NULLS LAST, d.id
+LIMIT 3
+"""
+
+
+async def likely_duplicates(conn: asyncpg.Connection, ids: list[uuid.UUID]) -> list[LikelyDuplicate]:
+    """Other records that look like the same people as `ids`, for a person or agent to merge."""
+    if not ids:
+        return []
+    rows = await conn.fetch(LIKELY_DUPLICATES_SQL, ids)
+    return [
+        LikelyDuplicate(
+            customer_id=str(r["id"]), duplicate_of=str(r["duplicate_of"]),
+            name=untrusted(r["name"], source="customer") if r["name"] else None,
+            company=untrusted(r["company"], source="customer") if r["company"] else None,
+            last_contact_at=r["last_contact_at"],
+            why=["same name"] + (["same company"] if r["same_company"] else []),
+        )
+        for r in rows
+    ]
+
+
 # find_customer --------------------------------------------------------------------------------
 
 SearchKind = Literal["auto", "email", "phone", "whatsapp", "name", "customer_id", "ticket_number"]
@@ -128,6 +177,9 @@ class FindCustomerResult(Out):
     matched_by: SearchKind = Field(description="How the query was interpreted.")
     normalized_query: str = Field(description="The query after normalisation (E.164 phone, lower-case email).")
     matches: list[CustomerSummary]
+    likely_duplicates: list[LikelyDuplicate] = Field(
+        default_factory=list,
+        description="Other records with the same name (at most 3): if one is the same person, merge_customers.")
     note: str | None = Field(default=None, description="Guidance when nothing or many things matched.")
 
 
@@ -187,7 +239,8 @@ async def find_customer(crm: Crm, args: FindCustomerInput) -> FindCustomerResult
                 like_escape(norm), args.limit)]
         if matches is None:
             matches = await load_summaries(conn, ids[: args.limit])
-    matches = matches[: args.limit]
+        matches = matches[: args.limit]
+        duplicates = await likely_duplicates(conn, [uuid.UUID(m.customer_id) for m in matches])
     note = None
     if not matches:
         note = (
@@ -196,7 +249,9 @@ async def find_customer(crm: Crm, args: FindCustomerInput) -> FindCustomerResult
         )
     elif any(m.merged_into for m in matches):
         note = "A match was merged into another customer (see merged_into); use that customer id."
-    return FindCustomerResult(matched_by=kind, normalized_query=norm, matches=matches, note=note)
+    elif duplicates:
+        note = "Some matches share a name with another record (likely_duplicates); if they are one person, use merge_customers."
+    return FindCustomerResult(matched_by=kind, normalized_query=norm, matches=matches, likely_duplicates=duplicates, note=note)
 
 
 # upsert_customer ------------------------------------------------------------------------------

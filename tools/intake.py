@@ -33,6 +33,7 @@ from crm_mcp.tools.models import Out
 from crm_mcp.tools.plumbing.params import Email, Phone, Text
 from crm_mcp.tools.plumbing.registry import crm_tool
 from crm_mcp.tools.engines.rules import EscalationCode, classify, escalation_reasons, score_sentiment
+from crm_mcp.tools.customers import LikelyDuplicate, likely_duplicates
 from crm_mcp.tools.tickets import insert_ticket
 
 MAX_CONTENT = 50_000
@@ -139,6 +140,9 @@ class IngestResult(Out):
     escalation_suggested: bool
     escalation_reasons: list[Escalation]
     identity_conflicts: list[str] = Field(description="Identities the sender gave that belong to another customer (not linked; consider merge_customers).")
+    likely_duplicates: list[LikelyDuplicate] = Field(
+        default_factory=list,
+        description="Only when a new customer was created: existing records with the same name (at most 3); if one is the same person, merge_customers.")
     next_step: str
 
 
@@ -292,6 +296,8 @@ async def _ingest_once(
         if customer_id is None:
             customer_id = await conn.fetchval(
                 "INSERT INTO customers (name, first_contact_at) VALUES ($1, $2) RETURNING id", name, received)
+        # A known person writing from a new channel becomes a new record: say who it may be.
+        duplicates = await likely_duplicates(conn, [customer_id]) if is_new_customer and name else []
         conflicts: list[str] = []
         new_ids: list[tuple[str, str, bool]] = []
         for k, v in wanted:
@@ -384,6 +390,8 @@ async def _ingest_once(
         next_step = f"Escalation suggested: call escalate_to_human for {ticket['ticket_number']}, then tell the customer with send_response."
     else:
         next_step = f"Search the knowledge base (search_knowledge_base), then answer with send_response on {ticket['ticket_number']}."
+    if duplicates:
+        next_step += " This new customer shares a name with an existing record (likely_duplicates): if they are one person, merge_customers."
     return IngestResult(
         duplicate=False,
         message_id=str(message_id),
@@ -395,6 +403,7 @@ async def _ingest_once(
         escalation_suggested=suggested,
         escalation_reasons=[Escalation(code=r.code, detail=r.detail) for r in reasons],
         identity_conflicts=conflicts,
+        likely_duplicates=duplicates,
         next_step=next_step,
     )
 

@@ -14,7 +14,8 @@ import logging
 import re
 import sys
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -122,6 +123,8 @@ class Article:
     category: str
     source_path: str | None = None
     tags: list[str] | None = None
+    # What parsing had to decide for the file: (summary counter, one-line explanation).
+    import_notes: list[tuple[str, str]] = field(default_factory=list)
 
 
 def content_hash(a: Article) -> str:
@@ -198,21 +201,87 @@ def parse_markdown(path: Path, root: Path) -> Article:
             lines = lines[:i] + lines[i + 1:]
             break
     rel = path.relative_to(root).as_posix()
-    title = title or meta.get("title") or path.stem.replace("-", " ").capitalize()
-    category = meta.get("category") or (path.parent.name if path.parent != root else "general")
-    if category not in KB_CATEGORIES:
-        category = "general"
+    notes: list[tuple[str, str]] = []
+    title = title or meta.get("title") or _title_from_name(path, notes, "no '# ' heading and no title in front matter")
+    category = _category(path, root, meta.get("category"), notes)
     tags = [t.strip() for t in meta.get("tags", "").strip("[]").split(",") if t.strip()]
-    return Article(title=title, content="\n".join(lines).strip(), category=category, source_path=rel, tags=tags)
+    return Article(title=title, content="\n".join(lines).strip(), category=category, source_path=rel, tags=tags,
+                   import_notes=notes)
 
 
-async def import_folder(crm: Crm, root: Any, *, source: str = "import", progress: bool = False) -> dict[str, int]:
-    """Import every Markdown file under root; idempotent by path and content hash."""
+def parse_text(path: Path, root: Path) -> Article:
+    """A plain text file is one article: the file name is its title, the folder its category."""
+    notes: list[tuple[str, str]] = []
+    title = _title_from_name(path, notes, "plain text has no heading")
+    category = _category(path, root, None, notes)
+    return Article(title=title, content=path.read_text(encoding="utf-8").strip(), category=category,
+                   source_path=path.relative_to(root).as_posix(), import_notes=notes)
+
+
+def _title_from_name(path: Path, notes: list[tuple[str, str]], why: str) -> str:
+    stem = " ".join(path.stem.replace("-", " ").replace("_", " ").split()) or path.stem
+    title = stem[:1].upper() + stem[1:]
+    notes.append(("untitled", f"{why}; titled {title!r} from the file name"))
+    return title
+
+
+def _category(path: Path, root: Path, declared: str | None, notes: list[tuple[str, str]]) -> str:
+    if declared:
+        category, origin = declared, "front matter category"
+    elif path.parent != root:
+        category, origin = path.parent.name, "folder name"
+    else:
+        return "general"  # a file at the top of the folder: no category was asked for
+    if category in KB_CATEGORIES:
+        return category
+    notes.append(("mapped_to_general",
+                  f"{origin} {category!r} is not a knowledge base category ({', '.join(KB_CATEGORIES)}); imported as general"))
+    return "general"
+
+
+IMPORTABLE = {".md": parse_markdown, ".markdown": parse_markdown, ".txt": parse_text}
+
+
+def _hidden(path: Path, root: Path) -> bool:
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+async def import_folder(
+    crm: Crm, root: Any, *, source: str = "import", progress: bool = False, warn: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Import every Markdown (.md) and plain text (.txt) file under root; idempotent by path and
+    content hash. Hidden files and folders (.git) are passed over. Whatever import had to decide
+    or could not do is counted in the summary and, per file, passed to `warn`: a category mapped
+    to general, a title taken from the file name, a file skipped and why."""
     root_path = Path(str(root))
-    files = sorted(root_path.rglob("*.md"))
-    counts = {"created": 0, "updated": 0, "unchanged": 0, "chunks": 0}
+    found = sorted(p for p in root_path.rglob("*") if p.is_file() and not _hidden(p, root_path))
+    files = [p for p in found if p.suffix.lower() in IMPORTABLE]
+    counts: dict[str, Any] = {"created": 0, "updated": 0, "unchanged": 0, "chunks": 0, "mapped_to_general": 0, "untitled": 0}
+    skipped: list[dict[str, str]] = []
+
+    def note(path: Path, message: str) -> None:
+        if warn is not None:
+            warn(f"{path.relative_to(root_path).as_posix()}: {message}")
+
+    def skip(path: Path, reason: str) -> None:
+        skipped.append({"path": path.relative_to(root_path).as_posix(), "reason": reason})
+        note(path, f"skipped: {reason}")
+
+    for f in found:
+        if f.suffix.lower() not in IMPORTABLE:
+            skip(f, f"not Markdown (.md) or plain text (.txt){f' but {f.suffix}' if f.suffix else ''}")
     for i, f in enumerate(files, 1):
-        art = parse_markdown(f, root_path)
+        try:
+            art = IMPORTABLE[f.suffix.lower()](f, root_path)
+        except UnicodeDecodeError:
+            skip(f, "not UTF-8 text")
+            continue
+        if not art.content.strip():
+            skip(f, "no text besides the title")
+            continue
+        for key, message in art.import_notes:
+            counts[key] += 1
+            note(f, message)
         _, state, n = await upsert_article(crm, art)
         counts[state] += 1
         counts["chunks"] += n
@@ -222,7 +291,8 @@ async def import_folder(crm: Crm, root: Any, *, source: str = "import", progress
             print(f"\r[{'#' * done}{'.' * (width - done)}] {i}/{len(files)} {art.source_path[:40]:40}", end="", file=sys.stderr, flush=True)
     if progress and files:
         print(file=sys.stderr)
-    counts["files"] = len(files)
+    counts["files"] = counts["created"] + counts["updated"] + counts["unchanged"]
+    counts["skipped"] = skipped
     return counts
 
 

@@ -13,8 +13,10 @@ source channel, the metric's channel or the rated message's / ticket's channel):
     messages_out         outbound replies in the period, role agent (AI) or human; system notices excluded
     tickets_opened       tickets created in the period
     tickets_resolved     tickets moved to resolved in the period (ticket history; counted once per ticket)
-    tickets_escalated    tickets escalated in the period, by escalate_to_human or the SLA sweep (once per ticket)
-    escalation_rate      of the tickets opened in the period, the share escalated by the end of the period
+    tickets_escalated_in_period      tickets that entered escalated during the period, whenever they
+                                     were opened (escalate_to_human, update_ticket or the SLA sweep; once per ticket)
+    opened_tickets_escalation_rate   of the tickets opened in the period, the share escalated by its end
+                                     (a cohort: a ticket opened earlier and escalated now is not in it)
     avg_sentiment        mean sentiment of inbound messages in the period, -1..1
     first_response_s     created -> first reply, seconds, for tickets opened in the period that got a reply by its end
     resolution_s         created -> resolved (last resolution in the period), seconds, for tickets resolved in the period
@@ -104,8 +106,10 @@ class ChannelMetrics(Out):
     messages_out: int = Field(description="Outbound replies by the AI agent or staff (system notices excluded).")
     tickets_opened: int
     tickets_resolved: int = Field(description="Tickets moved to resolved in the period (once per ticket).")
-    tickets_escalated: int = Field(description="Tickets escalated in the period (escalate_to_human or SLA breach; once per ticket).")
-    escalation_rate: Rate = Field(description="Tickets opened in the period that were escalated by its end / tickets opened in the period.")
+    tickets_escalated_in_period: int = Field(
+        description="Tickets that entered escalated during the period, whenever they were opened (once per ticket).")
+    opened_tickets_escalation_rate: Rate = Field(
+        description="Of the tickets opened in the period, the share escalated by its end: escalated / tickets_opened.")
     avg_sentiment: float | None = Field(description="Mean sentiment of inbound messages, -1..1.")
     first_response_s: Spread = Field(description="Seconds from ticket creation to first reply, tickets opened in the period.")
     resolution_s: Spread = Field(description="Seconds from ticket creation to resolution, tickets resolved in the period.")
@@ -236,8 +240,8 @@ def _entry(name: str, r: dict[str, Any]) -> ChannelMetrics:
         messages_out=n("messages_out"),
         tickets_opened=n("tickets_opened"),
         tickets_resolved=n("tickets_resolved"),
-        tickets_escalated=n("tickets_escalated"),
-        escalation_rate=_rate(n("opened_escalated"), n("tickets_opened")),
+        tickets_escalated_in_period=n("tickets_escalated"),
+        opened_tickets_escalation_rate=_rate(n("opened_escalated"), n("tickets_opened")),
         avg_sentiment=_round(r.get("avg_sentiment"), 3),
         first_response_s=_spread(r, "frt", n("frt_n")),
         resolution_s=_spread(r, "res", n("tickets_resolved")),
@@ -250,10 +254,10 @@ def _entry(name: str, r: dict[str, Any]) -> ChannelMetrics:
 @crm_tool(name="get_metrics", title="Get support metrics", toolset="metrics", read_only=True, destructive=False, idempotent=True)
 async def get_metrics(crm: Crm, args: GetMetricsInput) -> MetricsResult:
     """Support performance for a period, per channel (email, whatsapp, web_form) and in total:
-    conversations started, messages in and out, tickets opened / resolved / escalated, the
-    escalation rate, average customer sentiment, first-response and resolution times (median
-    and p90, seconds), reply latency (median and p90, ms), the AI resolution rate (resolved
-    tickets with no staff reply) and CSAT (share of 4-5 ratings from record_feedback).
+    conversations started, messages in and out, tickets opened / resolved / escalated during
+    the period, the share of the period's opened tickets escalated by its end, average customer
+    sentiment, first-response and resolution times (median and p90, seconds), reply latency
+    (median and p90, ms), the AI resolution rate (resolved tickets with no staff reply) and CSAT (share of 4-5 ratings from record_feedback).
 
     Use it for "how are we doing" questions, daily reports or to compare channels. Pick a
     rolling window (1h, 24h, 7d, 30d; default 24h) or a custom since/until range of at most

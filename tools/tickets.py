@@ -23,7 +23,7 @@ from crm_mcp.tools.plumbing.errors import Conflict, NotFound, UserError
 from crm_mcp.tools.engines.formatting import untrusted
 from crm_mcp.tools.models import MessageView, Out
 from crm_mcp.tools.plumbing.paging import aware, decode_cursor, encode_cursor
-from crm_mcp.tools.plumbing.params import TICKET_NUMBER, ConversationId, CustomerId, TicketNumber, normalize_ticket_number
+from crm_mcp.tools.plumbing.params import TICKET_NUMBER, ConversationId, CustomerId, Text, TicketNumber, normalize_ticket_number
 from crm_mcp.tools.plumbing.registry import crm_tool
 
 TRANSITIONS: dict[str, tuple[str, ...]] = {
@@ -387,7 +387,7 @@ class UpdateTicketInput(BaseModel):
     assigned_to: str | None = Field(default=None, max_length=200, description="Assign to this staff member; '' to unassign.")
     note: str | None = Field(default=None, min_length=1, max_length=5000, description="Internal note (never sent to the customer).")
     resolution_notes: str | None = Field(default=None, min_length=1, max_length=5000, description="How it was resolved; required to resolve.")
-    escalation_reason: str | None = Field(default=None, min_length=1, max_length=500, description="Required when setting status to escalated.")
+    escalation_reason: Text | None = Field(default=None, min_length=1, max_length=500, description="Required when setting status to escalated.")
     actor: str | None = Field(default=None, max_length=200, description="Who makes the change (for the history).")
 
     @model_validator(mode="after")
@@ -402,22 +402,30 @@ class UpdateTicketInput(BaseModel):
 async def update_ticket(crm: Crm, args: UpdateTicketInput) -> TicketResult:
     """Change a ticket's status, priority, category or assignee, or add an internal note.
 
-    Status changes follow the state machine: {state_machine}. Resolving
-    needs resolution_notes. An illegal move is refused with the legal ones listed. Notes are
-    internal and never sent to the customer. For escalation prefer escalate_to_human, which
-    also flags the conversation and records the escalation metric."""
+    Status changes follow the state machine: {state_machine}. Resolving needs
+    resolution_notes. Escalating needs escalation_reason and does exactly what escalate_to_human
+    does (flags the conversation, counts the escalation). An illegal move is refused with the
+    legal ones listed. Notes are internal and never sent to the customer."""
     actor = args.actor or "update_ticket"
+    if args.escalation_reason is not None and args.status != "escalated":
+        raise UserError("escalation_reason is only used with status='escalated'; nothing was changed.",
+                        hint="Put other remarks in note.")
     async with crm.tx() as conn:
         row = await fetch_ticket(conn, args.ticket_number, for_update=True)
         tid = row["id"]
         changed = False
         sets: dict[str, Any] = {}
-        if args.status is not None and args.status != row["status"]:
+        if args.status == "escalated" and row["status"] != "escalated":
+            check_transition(row["status"], "escalated")
+            if not args.escalation_reason:
+                raise UserError("Escalating a ticket needs escalation_reason (why a human is needed); nothing was changed.",
+                                hint="Call update_ticket again with escalation_reason, or use escalate_to_human with reason.")
+            changed = await escalate(conn, row, args.escalation_reason, None, actor)
+            row = await conn.fetchrow("SELECT * FROM tickets WHERE id = $1", tid)
+        elif args.status is not None and args.status != row["status"]:
             check_transition(row["status"], args.status)
             if args.status == "resolved" and not (args.resolution_notes or row["resolution_notes"]):
                 raise UserError("Resolving a ticket needs resolution_notes (what was done for the customer).")
-            if args.status == "escalated":
-                raise UserError("Use escalate_to_human to escalate (it records the reason, flags the conversation and counts the escalation).")
             sets["status"] = args.status
             if args.status == "resolved":
                 sets["resolved_at"] = datetime.now(timezone.utc)
