@@ -173,10 +173,8 @@ async def load_demo(crm: Crm) -> dict[str, Any]:
         "products": len(data["products"]),
         "orders": len(data["orders"]),
     }
-    try:
-        from crm_mcp.tools import knowledge
-    except ImportError:  # knowledge base module not installed in this build
-        return summary
+    from crm_mcp.tools import knowledge
+
     summary["knowledge_base"] = await knowledge.import_folder(crm, demo_dir() / "kb", source="product-docs")
     await knowledge.embed_products(crm)
     return summary

@@ -17,7 +17,7 @@ from crm_mcp.tools.engines.formatting import untrusted
 from crm_mcp.tools.engines.identity import looks_like_email, looks_like_phone, normalize_email, normalize_phone
 from crm_mcp.tools.models import CustomerSummary, Identity, Out, SentimentSummary
 from crm_mcp.tools.plumbing.paging import aware, bounded, decode_cursor, encode_cursor
-from crm_mcp.tools.plumbing.params import TICKET_NUMBER, CustomerId, Email, Phone, normalize_ticket_number, parse_uuid
+from crm_mcp.tools.plumbing.params import TICKET_NUMBER, Cursor, CustomerId, Email, Phone, normalize_ticket_number, parse_uuid
 from crm_mcp.tools.plumbing.registry import crm_tool
 from crm_mcp.tools.plumbing.sql import like_escape
 from crm_mcp.tools.vocabulary import Channel, Plan
@@ -493,7 +493,7 @@ class HistoryInput(BaseModel):
     since: datetime | None = Field(default=None, description="Only events at or after this time (ISO 8601 with time zone).")
     until: datetime | None = Field(default=None, description="Only events before this time.")
     limit: int = Field(default=20, ge=1, le=100, description="Events per page (1-100).")
-    cursor: str | None = Field(default=None, max_length=500, description="next_cursor from the previous page.")
+    cursor: Cursor = None
     response_format: Literal["concise", "detailed"] = Field(
         default="concise", description="'concise' trims message text to 200 characters; 'detailed' gives up to 4,000 plus sentiment and delivery status."
     )

@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import asyncpg
+import frontmatter
 from pydantic import BaseModel, ConfigDict, Field
+from tqdm import tqdm
 
 from crm_mcp.tools.engines.chunking import chunk_text
 from crm_mcp.tools.plumbing.context import Crm
@@ -180,19 +182,20 @@ async def upsert_article(crm: Crm, a: Article, *, article_id: uuid.UUID | None =
     return aid, state, len(chunks)
 
 
-_FRONT = re.compile(r"^---\s*\n(.*?)\n---\s*\n", re.DOTALL)
+def _front_matter(text: str, notes: list[tuple[str, str]]) -> tuple[dict[str, Any], str]:
+    """YAML front matter (python-frontmatter): keys lower-cased; unreadable YAML is reported and
+    the file is imported as if it had none."""
+    try:
+        post = frontmatter.loads(text)
+    except Exception as exc:  # yaml's errors have no common public base beyond Exception
+        notes.append(("front_matter_ignored", f"front matter is not valid YAML ({type(exc).__name__}); ignored it"))
+        return {}, text
+    return {str(k).lower(): v for k, v in post.metadata.items()}, post.content
 
 
 def parse_markdown(path: Path, root: Path) -> Article:
-    text = path.read_text(encoding="utf-8")
-    meta: dict[str, str] = {}
-    m = _FRONT.match(text)
-    if m:
-        for line in m.group(1).splitlines():
-            if ":" in line:
-                k, v = line.split(":", 1)
-                meta[k.strip().lower()] = v.strip()
-        text = text[m.end():]
+    notes: list[tuple[str, str]] = []
+    meta, text = _front_matter(path.read_text(encoding="utf-8"), notes)
     lines = text.strip().splitlines()
     title = None
     for i, line in enumerate(lines):
@@ -201,10 +204,11 @@ def parse_markdown(path: Path, root: Path) -> Article:
             lines = lines[:i] + lines[i + 1:]
             break
     rel = path.relative_to(root).as_posix()
-    notes: list[tuple[str, str]] = []
-    title = title or meta.get("title") or _title_from_name(path, notes, "no '# ' heading and no title in front matter")
-    category = _category(path, root, meta.get("category"), notes)
-    tags = [t.strip() for t in meta.get("tags", "").strip("[]").split(",") if t.strip()]
+    title = title or (str(meta["title"]).strip() if meta.get("title") else None) \
+        or _title_from_name(path, notes, "no '# ' heading and no title in front matter")
+    category = _category(path, root, str(meta["category"]) if meta.get("category") else None, notes)
+    raw_tags = meta.get("tags") or []
+    tags = [str(t).strip() for t in (raw_tags if isinstance(raw_tags, list) else str(raw_tags).split(",")) if str(t).strip()]
     return Article(title=title, content="\n".join(lines).strip(), category=category, source_path=rel, tags=tags,
                    import_notes=notes)
 
@@ -256,7 +260,8 @@ async def import_folder(
     root_path = Path(str(root))
     found = sorted(p for p in root_path.rglob("*") if p.is_file() and not _hidden(p, root_path))
     files = [p for p in found if p.suffix.lower() in IMPORTABLE]
-    counts: dict[str, Any] = {"created": 0, "updated": 0, "unchanged": 0, "chunks": 0, "mapped_to_general": 0, "untitled": 0}
+    counts: dict[str, Any] = {"created": 0, "updated": 0, "unchanged": 0, "chunks": 0, "mapped_to_general": 0, "untitled": 0,
+                              "front_matter_ignored": 0}
     skipped: list[dict[str, str]] = []
 
     def note(path: Path, message: str) -> None:
@@ -270,7 +275,7 @@ async def import_folder(
     for f in found:
         if f.suffix.lower() not in IMPORTABLE:
             skip(f, f"not Markdown (.md) or plain text (.txt){f' but {f.suffix}' if f.suffix else ''}")
-    for i, f in enumerate(files, 1):
+    for f in tqdm(files, desc="importing", unit="file", disable=not progress, file=sys.stderr):
         try:
             art = IMPORTABLE[f.suffix.lower()](f, root_path)
         except UnicodeDecodeError:
@@ -285,12 +290,6 @@ async def import_folder(
         _, state, n = await upsert_article(crm, art)
         counts[state] += 1
         counts["chunks"] += n
-        if progress:
-            width = 30
-            done = int(width * i / len(files))
-            print(f"\r[{'#' * done}{'.' * (width - done)}] {i}/{len(files)} {art.source_path[:40]:40}", end="", file=sys.stderr, flush=True)
-    if progress and files:
-        print(file=sys.stderr)
     counts["files"] = counts["created"] + counts["updated"] + counts["unchanged"]
     counts["skipped"] = skipped
     return counts
@@ -307,6 +306,7 @@ async def reindex(crm: Crm, *, batch: int = 64, progress: bool = False) -> dict[
     total = 0
     async with crm.pool.acquire() as conn:
         total = await conn.fetchval("SELECT count(*) FROM kb_chunks WHERE embedded_with IS DISTINCT FROM $1", key)
+    bar = tqdm(total=total, desc="re-embedding", unit="chunk", disable=not progress, file=sys.stderr)
     while True:
         async with crm.pool.acquire() as conn:
             rows = await conn.fetch(
@@ -319,10 +319,8 @@ async def reindex(crm: Crm, *, batch: int = 64, progress: bool = False) -> dict[
             await conn.executemany("UPDATE kb_chunks SET embedding = $2, embedded_with = $3 WHERE id = $1",
                                    [(r["id"], vecs[i], key) for i, r in enumerate(rows)])
         done["chunks"] += len(rows)
-        if progress:
-            print(f"\rre-embedded {done['chunks']}/{total} chunks", end="", file=sys.stderr, flush=True)
-    if progress:
-        print(file=sys.stderr)
+        bar.update(len(rows))
+    bar.close()
     done["products"] = await embed_products(crm)
     return done
 

@@ -22,7 +22,7 @@ from crm_mcp.tools.engines.formatting import render_template, split_message
 from crm_mcp.tools.models import MessageView, Out
 from crm_mcp.tools.plumbing.registry import crm_tool
 from crm_mcp.tools.plumbing.paging import aware, decode_cursor, encode_cursor
-from crm_mcp.tools.plumbing.params import ConversationId, MessageId, Text, TicketNumber
+from crm_mcp.tools.plumbing.params import ConversationId, Cursor, MessageId, Text, TicketNumber
 from crm_mcp.tools.tickets import add_event
 
 DELIVERY_RANK = {"pending": 0, "sent": 1, "delivered": 2, "read": 3}
@@ -259,7 +259,7 @@ class GetConversationInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
     conversation_id: ConversationId = Field(description="Conversation UUID (from ingest_message or get_customer_history).")
     limit: int = Field(default=20, ge=1, le=100, description="Messages per page (1-100).")
-    cursor: str | None = Field(default=None, max_length=500, description="next_cursor from the previous page.")
+    cursor: Cursor = None
 
 
 class GetConversationResult(Out):

@@ -23,7 +23,7 @@ from crm_mcp.tools.plumbing.errors import Conflict, NotFound, UserError
 from crm_mcp.tools.engines.formatting import untrusted
 from crm_mcp.tools.models import MessageView, Out
 from crm_mcp.tools.plumbing.paging import aware, decode_cursor, encode_cursor
-from crm_mcp.tools.plumbing.params import TICKET_NUMBER, ConversationId, CustomerId, Text, TicketNumber, normalize_ticket_number
+from crm_mcp.tools.plumbing.params import TICKET_NUMBER, ConversationId, Cursor, CustomerId, Text, TicketNumber, normalize_ticket_number
 from crm_mcp.tools.plumbing.registry import crm_tool
 
 TRANSITIONS: dict[str, tuple[str, ...]] = {
@@ -278,7 +278,7 @@ class ListTicketsInput(BaseModel):
     customer_id: CustomerId | None = Field(default=None, description="Only this customer's tickets (UUID).")
     breached_sla: bool | None = Field(default=None, description="True: only tickets past their SLA deadline; False: only within it.")
     limit: int = Field(default=20, ge=1, le=100, description="Page size (1-100).")
-    cursor: str | None = Field(default=None, max_length=500, description="next_cursor from the previous page.")
+    cursor: Cursor = None
 
 
 class TicketRow(Out):

@@ -16,7 +16,7 @@ import re
 import uuid
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BeforeValidator, StringConstraints, ValidationInfo, WithJsonSchema
+from pydantic import AfterValidator, BeforeValidator, Field, StringConstraints, ValidationInfo, WithJsonSchema
 
 from crm_mcp.tools.engines.identity import normalize_email, normalize_phone
 from crm_mcp.tools.plumbing.errors import UserError
@@ -82,3 +82,6 @@ ArticleId = _uuid_type("article_id", "search_knowledge_base")
 Text = Annotated[str, StringConstraints(strip_whitespace=True)]
 Email = Annotated[str, StringConstraints(max_length=320), AfterValidator(normalize_email)]
 Phone = Annotated[str, StringConstraints(max_length=50), AfterValidator(_phone)]
+
+# Paging: every list takes the opaque next_cursor of the page before (plumbing/paging.py decodes it).
+Cursor = Annotated[str | None, Field(default=None, max_length=500, description="next_cursor from the previous page.")]
