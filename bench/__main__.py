@@ -7,7 +7,9 @@
 2. intake: ingest_message over stdio and HTTP x10 vs. the handler in-process (bench/intake.py).
 3. embed_speed (bench/embed_speed.py) and kb_latency (bench/kb_latency.py, when present), each
    in its own process; their output is kept in the JSON (kb_latency's own JSON is merged).
-4. --profile: bench/profile_stdio.py (needs py-spy).
+4. context_size: tools/list and seven typical results in bytes and tokens, now against the
+   baseline recorded from commit ddc7ae7 (bench/context_size.py, bench/context_size_baseline.json).
+5. --profile: bench/profile_stdio.py (needs py-spy).
 
 Every figure is printed next to a floor measured in the same run (the machine is shared and
 noisy); the summary table is also in the JSON under "rows".
@@ -29,7 +31,7 @@ import anyio
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import intake, tool_overhead  # noqa: E402
+from bench import context_size, intake, tool_overhead  # noqa: E402
 from bench.common import (  # noqa: E402
     REPO, RESULTS, create_db, drop_db, embedded_postgres, log, machine, print_table, seed_customers, write_json,
 )
@@ -83,6 +85,13 @@ async def core(args: argparse.Namespace, report: dict[str, Any]) -> list[Any]:
                 report["intake"] = res
         finally:
             await drop_db(pg.admin_dsn, base)
+        if not args.skip_context:
+            now = await context_size.run(pg)
+            baseline = context_size.load_baseline()
+            compared = context_size.compare(now, baseline)
+            context_size.print_comparison(compared, baseline)
+            rows += context_size.summary_rows(compared, baseline)
+            report["context_size"] = {**now, "baseline_commit": (baseline or {}).get("commit"), "rows": compared}
     return rows
 
 
@@ -110,6 +119,7 @@ def main() -> None:
     p.add_argument("--customers", type=int, default=1000, help="seeded customers")
     p.add_argument("--skip-overhead", action="store_true")
     p.add_argument("--skip-intake", action="store_true")
+    p.add_argument("--skip-context", action="store_true", help="skip bench.context_size")
     p.add_argument("--skip-embed", action="store_true", help="skip bench.embed_speed")
     p.add_argument("--skip-kb", action="store_true", help="skip bench.kb_latency")
     p.add_argument("--kb-args", default="--sizes 10000",
