@@ -235,10 +235,18 @@ def test_hypothesis_hostile_fields(ctx: Ctx, tool: str, data: st.DataObject) -> 
 # fixed corpora ---------------------------------------------------------------------------------------
 
 
+def _types(prop: dict[str, Any]) -> set[Any]:
+    """Every JSON type a property admits: `type` may be a name or a list (["string", "null"])."""
+    out: set[Any] = set()
+    for t in [prop.get("type")] + [o.get("type") for o in prop.get("anyOf", [])]:
+        out |= set(t) if isinstance(t, list) else {t}
+    return out
+
+
 def _string_props(schema: dict[str, Any]) -> list[str]:
     out = []
     for name, prop in schema.get("properties", {}).items():
-        types = {prop.get("type")} | {o.get("type") for o in prop.get("anyOf", [])}
+        types = _types(prop)
         if "string" in types and not prop.get("enum") and not any(o.get("enum") for o in prop.get("anyOf", [])):
             out.append(name)
     return out
@@ -262,7 +270,7 @@ def test_10mb_bodies_are_refused_cleanly(ctx: Ctx) -> None:
         strings = _string_props(schema)
         main = next((f for f in strings if f in schema.get("required", [])), strings[0] if strings else None)
         objects = [n for n, p in schema.get("properties", {}).items()
-                   if p.get("type") == "object" or any(o.get("type") == "object" for o in p.get("anyOf", []))]
+                   if "object" in _types(p)]
         for fname in strings + objects:
             value = big if fname == main or fname in objects else large
             args = baseline(tool, ctx.ids, uuid.uuid4().hex)
