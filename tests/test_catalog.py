@@ -81,3 +81,17 @@ async def test_stdio_server_shuts_down_cleanly(db_dsn: str, how: str) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+async def test_tool_errors_carry_one_prefix_and_no_caller_values(db_dsn: str) -> None:
+    """Validation happens once (the input model), so the message is ours alone: no "Error
+    executing tool ..." stacked on "Invalid arguments for ...", and never the rejected value."""
+    async with mcp_client(db_dsn) as client:
+        res = await client.call_tool("get_metrics", {"window": "fortnight-SECRET"})
+        text = " ".join(getattr(c, "text", "") for c in res.content)
+        assert res.is_error
+        assert text.startswith("Invalid arguments for get_metrics: `window`"), text
+        assert "Error executing tool" not in text and "SECRET" not in text
+        res = await client.call_tool("get_ticket", {"ticket_number": "banana"})
+        text = " ".join(getattr(c, "text", "") for c in res.content)
+        assert res.is_error and text.startswith("ticket_number must look like TKT-0042"), text
