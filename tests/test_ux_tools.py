@@ -74,7 +74,7 @@ async def test_escalation_figures_have_distinct_names_and_definitions(db_dsn: st
         assert total["tickets_escalated_in_period"] == 1
         assert total["opened_tickets_escalation_rate"] == {"value": 0.0, "numerator": 0, "denominator": 1}
         tools = {t.name: t for t in (await client.list_tools()).tools}
-        props = tools["get_metrics"].output_schema["$defs"]["ChannelMetrics"]["properties"]
+        props = tools["get_metrics"].output_schema["properties"]["channels"]["items"]["properties"]
         assert "whenever they were opened" in props["tickets_escalated_in_period"]["description"]
         assert "opened in the period" in props["opened_tickets_escalation_rate"]["description"]
         summary = json.loads((await client.read_resource("crm://metrics/summary")).contents[0].text)

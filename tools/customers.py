@@ -160,15 +160,12 @@ class FindCustomerInput(BaseModel):
         min_length=1,
         max_length=320,
         description=(
-            "What you know about the customer: an email address, a phone or WhatsApp number in any "
-            "common format ('+1 415 555 0123', 'whatsapp:+14155550123'), a customer id (UUID), a "
-            "ticket number (TKT-0042) or part of their name."
+            "Email, phone or WhatsApp number (any format), customer id, ticket number (TKT-0042) or part of a name."
         ),
-        examples=["jane@example.com", "whatsapp:+14155550123", "TKT-0042", "Jane"],
     )
     kind: SearchKind = Field(
         default="auto",
-        description="How to read `query`. 'auto' detects email, phone, UUID and ticket numbers, else searches names.",
+        description="How to read query; 'auto' detects the kind, else searches names.",
     )
     limit: int = Field(default=5, ge=1, le=25, description="Maximum number of matches to return (1-25).")
 
@@ -261,7 +258,7 @@ class UpsertCustomerInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
     customer_id: CustomerId | None = Field(
         default=None,
-        description="UUID of the customer to update (from find_customer). Omit to find-or-create by the identities given.",
+        description="Customer to update (find_customer). Omit to find or create by the identities given.",
     )
     name: str | None = Field(default=None, min_length=1, max_length=200, description="Full name.")
     company: str | None = Field(default=None, min_length=1, max_length=200, description="Company name.")
@@ -400,7 +397,7 @@ class MergeCustomersInput(BaseModel):
 
 
 class MergeCustomersResult(Out):
-    already_merged: bool = Field(description="True when the duplicate had already been merged into the primary: nothing changed.")
+    already_merged: bool = Field(description="Merged before: nothing changed.")
     moved: dict[str, int] = Field(description="Rows re-pointed from the duplicate to the primary, per table.")
     customer: CustomerSummary
 
@@ -495,7 +492,7 @@ class HistoryInput(BaseModel):
     limit: int = Field(default=20, ge=1, le=100, description="Events per page (1-100).")
     cursor: Cursor = None
     response_format: Literal["concise", "detailed"] = Field(
-        default="concise", description="'concise' trims message text to 200 characters; 'detailed' gives up to 4,000 plus sentiment and delivery status."
+        default="concise", description="'concise': text cut to 200 characters; 'detailed': up to 4,000, plus sentiment and delivery status."
     )
 
 
@@ -545,12 +542,10 @@ LIMIT $8
 
 @crm_tool(name="get_customer_history", title="Customer history", toolset="customers", read_only=True, destructive=False, idempotent=True)
 async def get_customer_history(crm: Crm, args: HistoryInput) -> HistoryResult:
-    """One timeline of everything with a customer across all channels, newest first:
-    conversations started, every message in and out, tickets opened (with current status).
-
-    Filter by channel and time range; page with limit and next_cursor. 'concise' (default)
-    trims message text; 'detailed' adds sentiment and delivery status. Use find_customer first
-    to get the customer_id; use get_conversation to read one conversation in order."""
+    """One timeline of a customer across all channels, newest first: conversations, messages in
+    and out, tickets (with current status). Filter by channel and time; page with next_cursor.
+    'concise' trims message text; 'detailed' adds sentiment and delivery status. Get the
+    customer_id from find_customer; read one conversation in order with get_conversation."""
     cur_at = cur_kind = cur_ref = None
     if args.cursor:
         def parse(c: dict[str, Any]) -> tuple[datetime, str, str]:

@@ -64,7 +64,7 @@ class IngestInput(BaseModel):
     channel: Channel = Field(description="Channel the message arrived on.")
     channel_message_id: Text = Field(
         min_length=1, max_length=500,
-        description="The channel's own message id (Gmail message id, Twilio MessageSid, Meta wamid, web form submission id). The dedup key.",
+        description="The channel's message id (Gmail id, Twilio MessageSid, Meta wamid, form submission id): the dedup key.",
     )
     sender: Sender = Field(description="Who sent it: at least one of email, phone, whatsapp.")
     content: Text = Field(min_length=1, max_length=MAX_CONTENT, description=f"Message text (plain text, at most {MAX_CONTENT:,} characters).")
@@ -131,7 +131,7 @@ class Escalation(Out):
 
 
 class IngestResult(Out):
-    duplicate: bool = Field(description="True when this channel message was already ingested: ids are the original ones and nothing changed.")
+    duplicate: bool = Field(description="Already ingested: the original ids, nothing changed.")
     message_id: str
     customer: IngestCustomer
     conversation: IngestConversation
@@ -139,10 +139,10 @@ class IngestResult(Out):
     sentiment: float = Field(description="-1 (very negative) .. +1 (very positive).")
     escalation_suggested: bool
     escalation_reasons: list[Escalation]
-    identity_conflicts: list[str] = Field(description="Identities the sender gave that belong to another customer (not linked; consider merge_customers).")
+    identity_conflicts: list[str] = Field(description="Sender identities owned by another customer (not linked; consider merge_customers).")
     likely_duplicates: list[LikelyDuplicate] = Field(
         default_factory=list,
-        description="Only when a new customer was created: existing records with the same name (at most 3); if one is the same person, merge_customers.")
+        description="For a new customer: up to 3 records with the same name; merge_customers if one is the same person.")
     next_step: str
 
 

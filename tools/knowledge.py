@@ -438,7 +438,7 @@ class SearchKbInput(BaseModel):
     category: KbCategory | None = Field(default=None, description="Only articles of this category.")
     limit: int = Field(default=5, ge=1, le=20, description="Maximum number of articles (1-20).")
     min_score: float | None = Field(
-        default=None, ge=0, le=1, description=f"Hide results whose similarity is below this (0-1). Default: show all, labelled; 'relevant' starts at {RELEVANT_COSINE}."
+        default=None, ge=0, le=1, description=f"Hide results below this similarity (0-1); 'relevant' starts at {RELEVANT_COSINE}. Default: all, labelled."
     )
 
 
@@ -519,9 +519,9 @@ class UpsertKbResult(Out):
 
 @crm_tool(name="upsert_kb_article", title="Create or update KB article", toolset="knowledge", read_only=False, destructive=False, idempotent=True)
 async def upsert_kb_article(crm: Crm, args: UpsertKbInput) -> UpsertKbResult:
-    """Create or update a knowledge base article (staff). Embeddings are recomputed in the same
-    call; long articles are split into overlapping passages, searched separately and returned as one
-    article. Sending the same content again changes nothing. Check search_knowledge_base first."""
+    """Create or update a knowledge base article (staff); embeddings are recomputed in the same
+    call and long articles are split into passages. The same content again changes nothing.
+    Check search_knowledge_base first."""
     aid = args.article_id
     art = Article(title=args.title, content=args.content, category=args.category, source_path=args.slug)
     aid, state, n = await upsert_article(crm, art, article_id=aid, is_active=args.is_active)
@@ -577,9 +577,8 @@ LIMIT $4
 
 @crm_tool(name="search_products", title="Search product catalogue", toolset="commerce", read_only=True, destructive=False, idempotent=True)
 async def search_products(crm: Crm, args: SearchProductsInput) -> SearchProductsResult:
-    """Find products in the catalogue (plans, add-ons, seat packs, services) by meaning and
-    exact terms, optionally under a price. For how-to and troubleshooting questions use
-    search_knowledge_base instead."""
+    """Find products in the catalogue (plans, add-ons, seat packs, services) by meaning and exact
+    terms, optionally under a price. How-to questions: search_knowledge_base."""
     query = args.query
     qvec = await get_embedder(crm).embed_query(query)
     async with crm.pool.acquire() as conn, conn.transaction():

@@ -58,13 +58,13 @@ class GetMetricsInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
     window: Literal["1h", "24h", "7d", "30d"] | None = Field(
         default=None,
-        description="Rolling period ending now. Default '24h' when since is not given. Do not combine with since/until.",
+        description="Rolling period ending now (default 24h); not with since/until.",
     )
     since: datetime | None = Field(
-        default=None, description="Start of a custom period (ISO 8601 with time zone, inclusive). Use instead of window."
+        default=None, description="Start of a custom period (inclusive; ISO 8601 with zone). Instead of window."
     )
     until: datetime | None = Field(
-        default=None, description="End of the custom period (ISO 8601 with time zone, exclusive). Only with since; default now."
+        default=None, description="End of a custom period (exclusive; ISO 8601 with zone). Only with since; default now."
     )
     channel: Channel | None = Field(default=None, description="Only this channel. Default: every channel plus the total.")
 
@@ -253,17 +253,12 @@ def _entry(name: str, r: dict[str, Any]) -> ChannelMetrics:
 
 @crm_tool(name="get_metrics", title="Get support metrics", toolset="metrics", read_only=True, destructive=False, idempotent=True)
 async def get_metrics(crm: Crm, args: GetMetricsInput) -> MetricsResult:
-    """Support performance for a period, per channel (email, whatsapp, web_form) and in total:
-    conversations started, messages in and out, tickets opened / resolved / escalated during
-    the period, the share of the period's opened tickets escalated by its end, average customer
-    sentiment, first-response and resolution times (median and p90, seconds), reply latency
-    (median and p90, ms), the AI resolution rate (resolved tickets with no staff reply) and CSAT (share of 4-5 ratings from record_feedback).
-
-    Use it for "how are we doing" questions, daily reports or to compare channels. Pick a
-    rolling window (1h, 24h, 7d, 30d; default 24h) or a custom since/until range of at most
-    366 days, not both. Rates state their numerator and denominator; a figure with no data is
-    null (never a division by zero). Figures are computed live and may move as late events
-    arrive. For a single ticket use get_ticket; for one customer use get_customer_history."""
+    """Support performance for a period, per channel and in total: conversations, messages in and
+    out, tickets opened / resolved / escalated, the share of opened tickets escalated, sentiment,
+    first-response and resolution times, reply latency, AI resolution rate and CSAT. Each field's
+    description in the output schema defines it; rates give numerator and denominator, and a figure
+    with no data is null. Pick a rolling window (1h, 24h, 7d, 30d; default 24h) or since/until
+    (at most 366 days), not both. Per ticket: get_ticket; per customer: get_customer_history."""
     if args.since is not None:
         since, until = args.since, args.until or datetime.now(timezone.utc)
     else:
@@ -293,7 +288,7 @@ class RecordFeedbackInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
     message_id: MessageId | None = Field(
         default=None,
-        description="Rate this reply: UUID of an outbound agent or staff message (send_response parts, get_conversation). Give this or ticket_number.",
+        description="An outbound agent or staff reply to rate (from send_response or get_conversation). Or ticket_number.",
     )
     ticket_number: TicketNumber | None = Field(
         default=None, description="Rate the handling of this ticket (TKT-0042). Give this or message_id."

@@ -39,7 +39,7 @@ class SendResponseInput(BaseModel):
     author: Literal["agent", "human"] = Field(default="agent", description="'agent' for the AI agent, 'human' for a member of staff.")
     idempotency_key: str | None = Field(
         default=None, min_length=1, max_length=200,
-        description="Any unique string for this reply; a retry with the same key returns the first result instead of sending twice.",
+        description="Unique per reply; a retry with the same key returns the first result instead of sending twice.",
     )
 
     @model_validator(mode="after")
@@ -59,10 +59,10 @@ class SendResponseResult(Out):
     conversation_id: str
     channel: Channel
     recipient: str = Field(description="Address or number the bridge will deliver to.")
-    parts: list[OutboundPart] = Field(description="One message, or several when WhatsApp splits a long reply at sentence boundaries.")
+    parts: list[OutboundPart] = Field(description="One message, or several when WhatsApp splits a long reply.")
     formatted_text: str = Field(description="The whole reply as the customer will see it.")
     delivery_status: DeliveryStatus
-    replayed: bool = Field(description="True when this idempotency_key was already used: the original reply is returned, nothing new is queued.")
+    replayed: bool = Field(description="True when the idempotency_key was used before: the original reply, nothing new queued.")
 
 
 async def _replay(conn: asyncpg.Connection, key: str) -> SendResponseResult | None:
@@ -187,7 +187,7 @@ class DeliveryInput(BaseModel):
     channel: Channel | None = Field(default=None, description="With channel_message_id: find the message by the channel's id.")
     channel_message_id: str | None = Field(
         default=None, min_length=1, max_length=500,
-        description="The channel's id for the message (Twilio SID, Gmail id). With message_id it is recorded on the message; with channel it finds the message.",
+        description="The provider's message id (Twilio SID, Gmail id): recorded with message_id, or finds the message with channel.",
     )
     status: Literal["sent", "delivered", "read", "failed"] = Field(description="New delivery status reported by the channel.")
     error: str | None = Field(default=None, max_length=2000, description="Provider error text when status is failed.")
@@ -202,7 +202,7 @@ class DeliveryInput(BaseModel):
 class DeliveryResult(Out):
     message_id: str
     delivery_status: DeliveryStatus
-    changed: bool = Field(description="False when the report was older than, or equal to, the current status (ignored).")
+    changed: bool = Field(description="False when the report was not newer than the current status (ignored).")
     note: str | None = None
 
 
@@ -279,11 +279,9 @@ class GetConversationResult(Out):
 
 @crm_tool(name="get_conversation", title="Get conversation", toolset="conversations", read_only=True, destructive=False, idempotent=True)
 async def get_conversation(crm: Crm, args: GetConversationInput) -> GetConversationResult:
-    """Read one conversation's messages in order (oldest first), across every channel it used,
-    with direction, role (customer, agent, human, system), delivery status and sentiment.
-
-    Pages of `limit` messages; pass next_cursor for the next page. For everything a customer
-    ever sent use get_customer_history; for a ticket's status and notes use get_ticket."""
+    """Read one conversation's messages oldest first, across every channel it used, with
+    direction, role, delivery status and sentiment; page with next_cursor. For everything a
+    customer ever sent use get_customer_history; for a ticket's status and notes, get_ticket."""
     cid = args.conversation_id
     params: list[Any] = [cid, args.limit + 1]
     cond = ""

@@ -184,12 +184,10 @@ class TicketResult(Out):
 
 @crm_tool(name="create_ticket", title="Create ticket", toolset="tickets", read_only=False, destructive=False, idempotent=False)
 async def create_ticket(crm: Crm, args: CreateTicketInput) -> TicketResult:
-    """Open a ticket by hand (for a phone call, an internal report, or a follow-up).
-
-    Not needed for inbound channel messages: ingest_message already opens or reuses the
-    conversation's ticket before any reply. A conversation has at most one unfinished ticket;
-    if it already has one, this is refused and names it. Returns the new ticket with its
-    TKT-0042 number and SLA deadline (from its priority)."""
+    """Open a ticket by hand (a phone call, an internal report, a follow-up). Inbound channel
+    messages do not need it: ingest_message opens the ticket. A conversation has at most one
+    unfinished ticket; if it has one, this is refused and names it. Returns the TKT-0042 number
+    and the SLA deadline set by the priority."""
     from crm_mcp.tools.customers import require_customer  # customers imports tickets' helpers
 
     async with crm.tx() as conn:
@@ -238,10 +236,9 @@ class GetTicketResult(Out):
 
 @crm_tool(name="get_ticket", title="Get ticket", toolset="tickets", read_only=True, destructive=False, idempotent=True)
 async def get_ticket(crm: Crm, args: GetTicketInput) -> GetTicketResult:
-    """Show one ticket: status, priority, category, SLA, assignee, its history (status changes,
-    assignments, internal notes) and the latest messages of its conversation.
-
-    Use list_tickets to find tickets; use update_ticket to change one."""
+    """One ticket: status, priority, category, SLA, assignee, history (status changes, assignments,
+    internal notes) and its conversation's latest messages. Find tickets with list_tickets; change
+    one with update_ticket."""
     async with crm.pool.acquire() as conn:
         row = await fetch_ticket(conn, args.ticket_number)
         name = await conn.fetchval("SELECT name FROM customers WHERE id = $1", row["customer_id"])
@@ -303,10 +300,9 @@ class ListTicketsResult(Out):
 
 @crm_tool(name="list_tickets", title="List tickets (queue)", toolset="tickets", read_only=True, destructive=False, idempotent=True)
 async def list_tickets(crm: Crm, args: ListTicketsInput) -> ListTicketsResult:
-    """The ticket queue: highest priority first, then oldest first, with filters for status,
-    priority, channel, category, assignee, customer and breached SLA, and cursor pagination.
-
-    By default shows unfinished tickets. Use get_ticket for one ticket's details."""
+    """The ticket queue, highest priority then oldest first; filter by status (default: unfinished),
+    priority, channel, category, assignee, customer or breached SLA; page with next_cursor. One
+    ticket's details: get_ticket."""
     statuses = list(args.status) if args.status else list(UNFINISHED)
     conds = ["t.status = ANY($1::text[])"]
     params: list[Any] = [statuses]
@@ -400,12 +396,10 @@ class UpdateTicketInput(BaseModel):
 @crm_tool(name="update_ticket", title="Update ticket", toolset="tickets", read_only=False, destructive=False, idempotent=True)
 @_with_state_machine
 async def update_ticket(crm: Crm, args: UpdateTicketInput) -> TicketResult:
-    """Change a ticket's status, priority, category or assignee, or add an internal note.
-
-    Status changes follow the state machine: {state_machine}. Resolving needs
-    resolution_notes. Escalating needs escalation_reason and does exactly what escalate_to_human
-    does (flags the conversation, counts the escalation). An illegal move is refused with the
-    legal ones listed. Notes are internal and never sent to the customer."""
+    """Change a ticket's status, priority, category or assignee, or add an internal note (never
+    sent to the customer). Legal moves: {state_machine}. Resolving needs resolution_notes;
+    escalating needs escalation_reason and does what escalate_to_human does. An illegal move is
+    refused with the legal ones listed."""
     actor = args.actor or "update_ticket"
     if args.escalation_reason is not None and args.status != "escalated":
         raise UserError("escalation_reason is only used with status='escalated'; nothing was changed.",

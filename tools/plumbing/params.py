@@ -72,7 +72,7 @@ def _phone(value: str, info: ValidationInfo) -> str:
 TicketNumber = Annotated[
     str,
     BeforeValidator(lambda v: normalize_ticket_number(v) if isinstance(v, str) else v),
-    WithJsonSchema({"type": "string", "maxLength": MAX_TICKET_NUMBER, "examples": [TICKET_NUMBER_EXAMPLE]}),
+    WithJsonSchema({"type": "string", "maxLength": MAX_TICKET_NUMBER}),  # descriptions show TKT-0042
 ]
 CustomerId = _uuid_type("customer_id", "find_customer")
 ConversationId = _uuid_type("conversation_id", "get_customer_history")

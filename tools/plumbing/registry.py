@@ -117,8 +117,7 @@ def crm_tool(
                 input_model=input_model,
                 output_model=output_model,
                 handler=fn,
-                annotations=ToolAnnotations(
-                    title=title,
+                annotations=ToolAnnotations(  # the title is the tool's own, not repeated here
                     readOnlyHint=read_only,
                     destructiveHint=destructive,
                     idempotentHint=idempotent,

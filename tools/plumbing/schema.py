@@ -10,16 +10,22 @@ from __future__ import annotations
 
 from typing import Any
 
+# Nested objects keep their fields' descriptions one level down; deeper ones are named in the result.
+MAX_DESCRIBED_DEPTH = 1
 _SCHEMA_MAPS = ("properties", "$defs", "definitions", "patternProperties")
 
 
 def compact_schema(schema: Any, *, output: bool = False) -> Any:
     """Shorter equivalent schema. With output=True (a tool's outputSchema, which describes what
-    the server sends rather than what it accepts) the schema is cut to its top level: nested
-    objects become {"type": "object"} with their description, and `required`,
-    `additionalProperties: false` and string enums go. They constrain the producer, which is us;
-    a model sees every nested field by name in the result itself, and the closed value lists are
-    in the input schemas. This halves tools/list (see bench/context_size.py)."""
+    the server sends rather than what it accepts) nested objects keep only their fields'
+    descriptions, and `required`, `additionalProperties: false` and string enums go. They
+    constrain the producer, which is us; a model reads every nested field's name and type off the
+    result itself, and the closed value lists are in the input schemas. This halves tools/list
+    (see bench/context_size.py)."""
+    if output and isinstance(schema, dict) and "$defs" in schema:
+        defs = schema["$defs"]
+        body = {k: v for k, v in schema.items() if k != "$defs"}
+        return compact_schema(_inline_descriptions(body, defs), output=True)
     if isinstance(schema, list):
         return [compact_schema(s, output=output) for s in schema]
     if not isinstance(schema, dict):
@@ -39,6 +45,33 @@ def compact_schema(schema: Any, *, output: bool = False) -> Any:
         else:
             out[key] = compact_schema(value, output=output)
     return _fold_nullable(out)
+
+
+def _inline_descriptions(schema: Any, defs: dict[str, Any], depth: int = 0) -> Any:
+    """Replace each `$ref` to a nested object by {"type": "object", "properties": ...} holding only
+    the nested fields that carry a description (what a figure means, which text is untrusted):
+    the explanations stay, the types a model reads off the result itself go."""
+    if isinstance(schema, list):
+        return [_inline_descriptions(s, defs, depth) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    if "$ref" in schema and depth < MAX_DESCRIBED_DEPTH:
+        target = defs.get(schema["$ref"].rsplit("/", 1)[-1], {})
+        described = {}
+        for name, prop in target.get("properties", {}).items():
+            inner = _inline_descriptions(prop, defs, depth + 1)
+            kept = {k: v for k, v in inner.items() if k in ("description", "properties", "items")}
+            if "items" in kept:
+                kept["items"] = {k: v for k, v in kept["items"].items() if k == "properties"}
+                if not kept["items"]:
+                    del kept["items"]
+            if kept:
+                described[name] = kept
+        out = {"type": "object", **{k: v for k, v in schema.items() if k != "$ref"}}
+        if described:
+            out["properties"] = described
+        return out
+    return {k: _inline_descriptions(v, defs, depth) for k, v in schema.items()}
 
 
 def _fold_nullable(schema: dict[str, Any]) -> dict[str, Any]:
