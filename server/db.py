@@ -132,6 +132,10 @@ async def create_pool(settings: Settings, dsn: str | None = None) -> asyncpg.Poo
         "idle_in_transaction_session_timeout": "60000",
         "timezone": "UTC",
     }
+    if settings.read_only:
+        # Read-only is enforced by PostgreSQL, not only by hiding tools: any INSERT/UPDATE/DDL on
+        # these connections fails with "cannot execute ... in a read-only transaction".
+        server_settings["default_transaction_read_only"] = "on"
     try:
         pool = await asyncpg.create_pool(
             dsn,
