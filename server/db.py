@@ -128,7 +128,9 @@ async def create_pool(settings: Settings, dsn: str | None = None) -> asyncpg.Poo
     server_settings = {
         "application_name": "crm-mcp",
         "statement_timeout": str(settings.statement_timeout_ms),
-        "lock_timeout": str(min(settings.statement_timeout_ms, 5000)),
+        # Shorter than the statement timeout, so waiting on another session's lock ends as a
+        # retryable "busy" error, not as a statement that took too long.
+        "lock_timeout": str(min(settings.statement_timeout_ms // 2, 5000)),
         "idle_in_transaction_session_timeout": "60000",
         "timezone": "UTC",
     }
