@@ -261,7 +261,7 @@ async def link_identity(
     )
     if row["customer_id"] != customer_id:
         raise Conflict(
-            f"The {kind} {value} already belongs to another customer ({row['customer_id']}).",
+            f"The {kind} you passed already belongs to another customer ({row['customer_id']}).",
             hint="If both records are the same person, use merge_customers; otherwise leave this identity off.",
         )
     return bool(row["inserted"])
