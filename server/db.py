@@ -159,4 +159,11 @@ async def create_pool(settings: Settings, dsn: str | None = None) -> asyncpg.Poo
 
 async def connect_once(dsn: str, **kwargs: Any) -> asyncpg.Connection:
     """A plain connection without the vector codec (used before the extension exists)."""
-    return await asyncpg.connect(dsn, server_settings={"application_name": "crm-mcp-migrate", "timezone": "UTC"}, **kwargs)
+    kwargs.setdefault("timeout", 10)
+    try:
+        return await asyncpg.connect(dsn, server_settings={"application_name": "crm-mcp-migrate", "timezone": "UTC"}, **kwargs)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        # The first connection of every command: an unreachable server is one line, not a traceback.
+        raise DatabaseUnavailable(
+            f"cannot connect to PostgreSQL: {exc}. Check CRM_DATABASE_URL (host, port, user, password, database) "
+            "and that the server is running.") from None

@@ -4,7 +4,10 @@ The SDK reads stdin with a blocking readline in a worker thread, which no cancel
 interrupt: on SIGTERM/SIGINT the server would hang until the client closes the pipe. Here
 stdin is read through asyncio's non-blocking pipe transport, so a signal ends the server
 promptly and cleanly. stdout is still claimed by the SDK (fd 1 diverted to stderr), so
-nothing but MCP ever reaches the client."""
+nothing but MCP ever reaches the client.
+
+Lines the SDK cannot parse are answered here with the JSON-RPC error (the SDK drops them
+silently, leaving the client waiting), and lines are cut at LINE_LIMIT while streaming."""
 
 from __future__ import annotations
 

@@ -99,3 +99,11 @@ async def test_read_only_refuses_a_schema_behind(db_dsn: str) -> None:
         await conn.close()
     proc = await anyio.to_thread.run_sync(lambda: _serve("--read-only", env=server_env(db_dsn)))
     assert proc.returncode == 1 and "crm-mcp migrate" in proc.stderr, proc.stderr
+
+
+def test_unreachable_database_is_one_line() -> None:
+    proc = _serve(env=server_env("postgresql://crm:secret@127.0.0.1:1/crm"))
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot connect to PostgreSQL" in lines[0] and "CRM_DATABASE_URL" in lines[0], proc.stderr
+    assert "secret" not in proc.stderr
