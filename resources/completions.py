@@ -1,19 +1,29 @@
 """Completions for prompt and resource-template arguments: ticket numbers, customer and
-conversation ids, channels, and (for customer_brief) email or phone prefixes."""
+conversation ids, channels, and (for customer_brief) email or phone prefixes of at least
+MIN_IDENTITY_PREFIX characters: a shorter prefix would list customers' contact details to
+anyone who types one letter.
+
+A database that is down or not answering is a protocol error with the tools' clear "temporarily
+unavailable, retry" message, not an empty list: an empty list would wrongly say nothing matches."""
 
 from __future__ import annotations
 
 import re
 from typing import Any
 
-from mcp_types import Completion, CompletionArgument, CompletionContext, PromptReference, ResourceTemplateReference
+import asyncpg
+from mcp.shared.exceptions import MCPError
+from mcp_types import INTERNAL_ERROR, Completion, CompletionArgument, CompletionContext, PromptReference, ResourceTemplateReference
 
 from crm_mcp.tools.plumbing.context import Crm
+from crm_mcp.tools.plumbing.errors import Unavailable
+from crm_mcp.tools.plumbing.registry import within_deadline
 from crm_mcp.tools.plumbing.sql import like_escape
 
 from . import data
 
 MAX_COMPLETIONS = 20
+MIN_IDENTITY_PREFIX = 3
 
 
 def register(server: Any, crm: Crm) -> None:
@@ -21,6 +31,15 @@ def register(server: Any, crm: Crm) -> None:
     async def complete(
         ref: PromptReference | ResourceTemplateReference, argument: CompletionArgument, context: CompletionContext | None
     ) -> Completion | None:
+        try:
+            async with within_deadline(crm):
+                return await _complete(argument)
+        except Unavailable as exc:
+            raise MCPError(code=INTERNAL_ERROR, message=str(exc)) from None
+        except asyncpg.QueryCanceledError:
+            raise MCPError(code=INTERNAL_ERROR, message="The CRM database took longer than the statement timeout. Retry in a few seconds.") from None
+
+    async def _complete(argument: CompletionArgument) -> Completion | None:
         name, value = argument.name, (argument.value or "")[:100]
         if name == "ticket_number":
             return await complete_ticket_numbers(crm, value)
@@ -82,7 +101,7 @@ async def complete_uuids(crm: Crm, table: str, value: str) -> Completion:
 
 async def complete_identities(crm: Crm, value: str) -> Completion:
     prefix = value.strip().lower()
-    if not prefix:
+    if len(prefix) < MIN_IDENTITY_PREFIX:
         return Completion(values=[], total=0, has_more=False)
     escaped = like_escape(prefix)
     async with crm.pool.acquire() as conn:

@@ -19,7 +19,7 @@ from crm_mcp.tools.models import MessageView
 from crm_mcp.tools.plumbing.params import parse_uuid
 from crm_mcp.tools.vocabulary import CHANNELS
 from crm_mcp.tools.plumbing.errors import NotFound
-from crm_mcp.tools.engines.formatting import untrusted
+from crm_mcp.tools.engines.formatting import untrusted, untrusted_field
 from crm_mcp.tools.tickets import fetch_ticket, ticket_view
 
 
@@ -96,7 +96,7 @@ async def ticket_data(conn: asyncpg.Connection, ticket_number: str, *, messages:
     cust = await conn.fetchrow("SELECT id, name, plan FROM customers WHERE id = $1", row["customer_id"])
     return {
         "ticket": ticket_view(row),
-        "customer": {"customer_id": str(cust["id"]), "name": cust["name"], "plan": cust["plan"]},
+        "customer": {"customer_id": str(cust["id"]), "name": untrusted_field(cust["name"], source="customer.name"), "plan": cust["plan"]},
         "history": [
             {"kind": e["kind"], "from_value": e["from_value"], "to_value": e["to_value"], "note": e["note"],
              "actor": e["actor"], "at": e["created_at"]}

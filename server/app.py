@@ -24,8 +24,8 @@ from crm_mcp.tools.plumbing.context import Crm
 from . import __version__
 from .background import sla_loop
 from .config import Settings
-from .db import connect_once, create_pool, resolve_dsn
-from .migrate import migrate
+from .db import DatabaseUnavailable, connect_once, create_pool, embedded_pgdata, resolve_dsn
+from .migrate import MigrationError, migrate, status
 from .registration import build_tools, register_extras
 from .stdio import run_stdio
 
@@ -71,10 +71,18 @@ def build_server(crm: Crm) -> CrmServer:
 
 
 async def prepare_database(settings: Settings) -> str:
-    """Resolve the DSN (starting the embedded server when needed) and apply migrations."""
+    """Resolve the DSN (starting the embedded server when needed) and apply migrations; in
+    read-only mode only check that the schema is current (read-only never writes)."""
+    if settings.read_only and not settings.database_url and not (embedded_pgdata(settings) / "PG_VERSION").exists():
+        raise DatabaseUnavailable(
+            f"read-only mode found no database in {embedded_pgdata(settings)} and does not create one; "
+            "run `crm-mcp migrate` (and `crm-mcp seed-demo` for the demo) first, without --read-only")
     dsn = await resolve_dsn(settings)
     conn = await connect_once(dsn)
     try:
+        if settings.read_only:
+            await _require_current_schema(conn)
+            return dsn
         applied = await migrate(conn)
     finally:
         await conn.close()
@@ -83,12 +91,22 @@ async def prepare_database(settings: Settings) -> str:
     return dsn
 
 
+async def _require_current_schema(conn: Any) -> None:
+    rows = await status(conn)
+    pending = [f"{r['version']:04d}_{r['name']}" for r in rows if r["applied_at"] is None or r["checksum_ok"] is False]
+    if pending:
+        raise MigrationError(
+            f"read-only mode needs a current schema but {len(pending)} migration(s) are not applied "
+            f"({', '.join(pending[:3])}); run `crm-mcp migrate` first, without --read-only")
+
+
 @asynccontextmanager
 async def open_crm(settings: Settings, *, check_embeddings: bool = True, background: bool = True) -> AsyncIterator[Crm]:
     """Database ready, pool open, background work (SLA sweep) running; all closed on exit."""
     dsn = await prepare_database(settings)
     pool = await create_pool(settings, dsn)
     crm = Crm(settings=settings, pool=pool)
+    background = background and not settings.read_only  # the SLA sweep writes
     try:
         if check_embeddings:
             await knowledge.check_embedding_space(crm)

@@ -112,6 +112,10 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as exc:
         _usage_error(str(exc))
 
+    if ns.command == "serve" and ns.demo and settings.read_only:
+        print("crm-mcp: --demo loads data and cannot be combined with --read-only; run `crm-mcp seed-demo` "
+              "first, then serve with --read-only", file=sys.stderr)
+        raise SystemExit(2)
     from .app import configure_logging
 
     configure_logging(settings.log_level)
@@ -163,7 +167,7 @@ async def _migrate(settings: Settings) -> None:
     from .db import connect_once
     from .migrate import status
 
-    dsn = await prepare_database(settings)
+    dsn = await prepare_database(settings.model_copy(update={"read_only": False}))  # migrating is the one write asked for
     conn = await connect_once(dsn)
     try:
         rows = await status(conn)

@@ -128,10 +128,16 @@ async def create_pool(settings: Settings, dsn: str | None = None) -> asyncpg.Poo
     server_settings = {
         "application_name": "crm-mcp",
         "statement_timeout": str(settings.statement_timeout_ms),
-        "lock_timeout": str(min(settings.statement_timeout_ms, 5000)),
+        # Shorter than the statement timeout, so waiting on another session's lock ends as a
+        # retryable "busy" error, not as a statement that took too long.
+        "lock_timeout": str(min(settings.statement_timeout_ms // 2, 5000)),
         "idle_in_transaction_session_timeout": "60000",
         "timezone": "UTC",
     }
+    if settings.read_only:
+        # Read-only is enforced by PostgreSQL, not only by hiding tools: any INSERT/UPDATE/DDL on
+        # these connections fails with "cannot execute ... in a read-only transaction".
+        server_settings["default_transaction_read_only"] = "on"
     try:
         pool = await asyncpg.create_pool(
             dsn,
@@ -153,6 +159,7 @@ async def create_pool(settings: Settings, dsn: str | None = None) -> asyncpg.Poo
 
 async def connect_once(dsn: str, **kwargs: Any) -> asyncpg.Connection:
     """A plain connection without the vector codec (used before the extension exists)."""
+    kwargs.setdefault("timeout", 10)
     try:
         return await asyncpg.connect(dsn, server_settings={"application_name": "crm-mcp-migrate", "timezone": "UTC"}, **kwargs)
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:

@@ -19,6 +19,7 @@ import pytest
 from mcp import Client
 
 from crm_mcp.server.migrate import Migration, MigrationError, load_migrations, migrate
+from crm_mcp.tools.engines.formatting import untrusted
 
 from .conftest import REPO, call, server_env
 
@@ -241,7 +242,7 @@ async def test_serve_demo_answers_both_eras(db_dsn: str) -> None:
         async with mcp_client(db_dsn, "--demo", mode=mode) as client:
             assert len((await client.list_tools()).tools) >= 15
             found = await call(client, "find_customer", query=email)
-            assert found["matches"][0]["name"] == first["name"]
+            assert found["matches"][0]["name"] == untrusted(first["name"], source="customer.name")
             kb = await call(client, "search_knowledge_base", query="how do I reset my password")
             assert kb["results"] and not kb["nothing_relevant"]
     conn = await asyncpg.connect(db_dsn)

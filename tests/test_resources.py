@@ -12,6 +12,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import PromptReference, ResourceTemplateReference
 
 from .conftest import call, mcp_client
+from crm_mcp.tools.engines.formatting import untrusted
 
 pytestmark = pytest.mark.anyio
 
@@ -69,7 +70,7 @@ async def test_read_templates_with_real_data(db_dsn: str, mode: str) -> None:
         cid = a["customer"]["customer_id"]
 
         cust = await _read_json(client, f"crm://customers/{cid}")
-        assert cust["customer"]["customer_id"] == cid and cust["customer"]["name"] == "Ana Silva"
+        assert cust["customer"]["customer_id"] == cid and cust["customer"]["name"] == untrusted("Ana Silva", source="customer.name")
         assert ("email", "ana@example.com") in [(i["kind"], i["value"]) for i in cust["customer"]["identities"]]
         assert [t["ticket_number"] for t in cust["open_tickets"]] == [a["ticket"]["ticket_number"]]
         assert cust["open_tickets"][0]["subject"].startswith("<untrusted-customer-content")

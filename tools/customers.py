@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from crm_mcp.tools.plumbing.context import Crm
 from crm_mcp.tools.plumbing.errors import Conflict, NotFound, UserError
-from crm_mcp.tools.engines.formatting import untrusted
+from crm_mcp.tools.engines.formatting import untrusted, untrusted_field
 from crm_mcp.tools.engines.identity import looks_like_email, looks_like_phone, normalize_email, normalize_phone
 from crm_mcp.tools.models import CustomerSummary, Identity, Out, SentimentSummary
 from crm_mcp.tools.plumbing.paging import aware, bounded, decode_cursor, encode_cursor
@@ -75,8 +75,8 @@ async def summaries_by_identity(conn: asyncpg.Connection, kinds: list[str], valu
 def _summary(r: asyncpg.Record) -> CustomerSummary:
     return CustomerSummary(
         customer_id=str(r["id"]),
-        name=r["name"],
-        company=r["company"],
+        name=untrusted_field(r["name"], source="customer.name"),
+        company=untrusted_field(r["company"], source="customer.company"),
         plan=r["plan"],
         identities=[Identity(**i) for i in r["identities"]],
         open_tickets=r["open_tickets"],
@@ -309,7 +309,7 @@ async def link_identity(
     )
     if row["customer_id"] != customer_id:
         raise Conflict(
-            f"The {kind} {value} already belongs to another customer ({row['customer_id']}).",
+            f"The {kind} you passed already belongs to another customer ({row['customer_id']}).",
             hint="If both records are the same person, use merge_customers; otherwise leave this identity off.",
         )
     return bool(row["inserted"])

@@ -32,6 +32,7 @@ from crm_mcp.tools.vocabulary import Channel, TicketCategory, TicketPriority, Ti
 from crm_mcp.tools.models import Out
 from crm_mcp.tools.plumbing.params import Email, Phone, Text
 from crm_mcp.tools.plumbing.registry import crm_tool
+from crm_mcp.tools.engines.formatting import untrusted_field
 from crm_mcp.tools.engines.rules import EscalationCode, classify, escalation_reasons, score_sentiment
 from crm_mcp.tools.customers import LikelyDuplicate, likely_duplicates
 from crm_mcp.tools.tickets import insert_ticket
@@ -216,7 +217,7 @@ def _duplicate(row: asyncpg.Record) -> IngestResult:
     return IngestResult(
         duplicate=True,
         message_id=str(row["message_id"]),
-        customer=IngestCustomer(customer_id=str(row["customer_id"]), name=row["name"], is_new=False),
+        customer=IngestCustomer(customer_id=str(row["customer_id"]), name=untrusted_field(row["name"], source="customer.name"), is_new=False),
         conversation=IngestConversation(conversation_id=str(row["conversation_id"]), is_new=False, channel_switched=False, previous_channel=None),
         ticket=IngestTicket(ticket_number=row["ticket_number"], status=row["status"], priority=row["priority"],
                             category=row["category"], is_new=False, reopened=False),
@@ -395,7 +396,8 @@ async def _ingest_once(
     return IngestResult(
         duplicate=False,
         message_id=str(message_id),
-        customer=IngestCustomer(customer_id=str(customer_id), name=names.get(customer_id) or name, is_new=is_new_customer),
+        customer=IngestCustomer(customer_id=str(customer_id), name=untrusted_field(names.get(customer_id) or name, source="customer.name"),
+                                is_new=is_new_customer),
         conversation=IngestConversation(conversation_id=str(conv_id), is_new=conv_is_new, channel_switched=switched, previous_channel=previous_channel),
         ticket=IngestTicket(ticket_number=ticket["ticket_number"], status=ticket["status"], priority=ticket["priority"],
                             category=ticket["category"], is_new=ticket_is_new, reopened=reopened),

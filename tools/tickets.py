@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from crm_mcp.tools.plumbing.context import Crm
 from crm_mcp.tools.vocabulary import TICKET_PRIORITIES, Channel, TicketCategory, TicketPriority, TicketStatus
 from crm_mcp.tools.plumbing.errors import Conflict, NotFound, UserError
-from crm_mcp.tools.engines.formatting import untrusted
+from crm_mcp.tools.engines.formatting import untrusted, untrusted_field
 from crm_mcp.tools.models import MessageView, Out
 from crm_mcp.tools.plumbing.paging import aware, decode_cursor, encode_cursor
 from crm_mcp.tools.plumbing.params import TICKET_NUMBER, ConversationId, Cursor, CustomerId, Text, TicketNumber, normalize_ticket_number
@@ -253,7 +253,7 @@ async def get_ticket(crm: Crm, args: GetTicketInput) -> GetTicketResult:
                 "ORDER BY created_at, id", row["conversation_id"], n_msgs)
     return GetTicketResult(
         ticket=ticket_view(row),
-        customer_name=name,
+        customer_name=untrusted_field(name, source="customer.name"),
         history=[TicketEvent(kind=e["kind"], from_value=e["from_value"], to_value=e["to_value"], note=e["note"],
                              actor=e["actor"], at=e["created_at"]) for e in events],
         messages=[MessageView.from_row(m) for m in msgs],
@@ -357,7 +357,7 @@ async def list_tickets(crm: Crm, args: ListTicketsInput) -> ListTicketsResult:
         TicketRow(
             ticket_number=r["ticket_number"], status=r["status"], priority=r["priority"], category=r["category"],
             subject=untrusted(r["subject"], source=r["source_channel"]), source_channel=r["source_channel"],
-            customer_id=str(r["customer_id"]), customer_name=r["customer_name"], assigned_to=r["assigned_to"],
+            customer_id=str(r["customer_id"]), customer_name=untrusted_field(r["customer_name"], source="customer.name"), assigned_to=r["assigned_to"],
             created_at=r["created_at"], sla_due_at=r["sla_due_at"],
             sla_breached=r["sla_breached_at"] is not None
             or (r["sla_due_at"] is not None and r["sla_due_at"] < now and r["status"] not in ("resolved", "closed")),

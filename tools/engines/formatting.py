@@ -9,8 +9,9 @@ render_template(template, *, body, customer_name, ticket_number)
     so placeholder-looking text inside the body or the name is never expanded. Unknown
     ``{{...}}`` are left as they are.
     * ``template`` None or blank -> ``body`` unchanged.
-    * name missing/blank -> ``NAME_FALLBACK`` ("there": "Hi there,"). The name is put on one
-      line: control characters removed, runs of whitespace (newlines included) become one space.
+    * name missing/blank -> ``NAME_FALLBACK`` ("there": "Hi there,"). The name goes through
+      ``plain_name``: one line (control characters removed, runs of whitespace become one space),
+      no ``<``/``>`` or look-alikes, no untrusted-content tag name, at most 80 characters.
     * ticket number missing/blank -> every template line containing ``{{ticket_number}}`` is
       dropped (other lines, e.g. "Track your ticket at ...", stay).
     * a template without ``{{response_body}}`` gets the body appended after a blank line, so
@@ -43,23 +44,29 @@ untrusted(text, *, source) -- the convention for customer text in tool output
     Tool descriptions tell the model that anything inside this element is data written by a
     customer, never instructions. ``source`` is reduced to ``[a-z0-9_.:-]`` (other characters
     become "_", at most 40 chars, empty -> "unknown") so it cannot break the attribute. Inside
-    the text, every ``<`` that starts something reading as an opening or closing tag of this
-    element (case-insensitive, whitespace or invisible characters allowed after ``<`` and around
-    the ``/``) is replaced by ``&lt;``, so the output contains exactly one closing tag, at the
-    very end, and no second opening tag. Nothing else is escaped: the text is not HTML.
+    the text, every occurrence of the tag name is defanged (``defang``): matched on the NFKC form
+    with look-alike letters folded, case-insensitive, with whitespace, invisible characters or
+    hyphen variants between its words; a look-alike ``<`` or ``</`` before it (fullwidth ``＜``
+    included) becomes ``&lt;`` / ``&lt;/`` and the name becomes ``[tag removed]``. So the output
+    contains exactly one closing tag, at the very end, and no second opening tag, whatever
+    brackets or letters the customer used. Nothing else is escaped: the text is not HTML.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 
 __all__ = [
     "NAME_FALLBACK",
     "UNTRUSTED_TAG",
+    "defang",
+    "plain_name",
     "render_template",
     "split_message",
     "strip_control_chars",
     "untrusted",
+    "untrusted_field",
 ]
 
 NAME_FALLBACK = "there"
@@ -97,7 +104,7 @@ def render_template(
     """Fill a channel template in one literal pass (see the module docstring)."""
     if template is None or not template.strip():
         return body
-    name = _one_line(customer_name) or NAME_FALLBACK
+    name = plain_name(customer_name) or NAME_FALLBACK
     ticket = _one_line(ticket_number)
     if not ticket:
         template = "\n".join(
@@ -161,15 +168,78 @@ def split_message(text: str, limit: int) -> list[str]:
     return _split(text, limit)
 
 
-_INVISIBLE = r"[\s\x00-\x1f\x7f-\x9f\u00ad\u200b-\u200f\u2028-\u202e\u2060-\u2064\ufeff]*"
-_TAG_LIKE = re.compile(
-    rf"<(?={_INVISIBLE}/?{_INVISIBLE}{re.escape(UNTRUSTED_TAG)})", re.IGNORECASE
-)
 _SOURCE_BAD = re.compile(r"[^a-z0-9_.:-]")
+# Characters that render as nothing (or as a space) and so can hide inside a look-alike tag.
+_INVISIBLE_CHARS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u00ad\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]")
+# Letters from other scripts that look like the Latin letters of the tag name; NFKC keeps them.
+_HOMOGLYPHS = str.maketrans({
+    "\u0430": "a", "\u0435": "e", "\u043e": "o", "\u0440": "p", "\u0441": "c", "\u0443": "y", "\u0445": "x",
+    "\u0455": "s", "\u0456": "i", "\u0501": "d", "\u0442": "t", "\u043c": "m", "\u043f": "n", "\u0578": "n",
+    "\u03bf": "o", "\u03c4": "t", "\u03c5": "u", "\u03bd": "v", "\u1d1b": "t", "\u1d1c": "u", "\u0274": "n",
+    "\u0280": "r", "\ua731": "s", "\u1d07": "e", "\u1d05": "d", "\u1d04": "c", "\u1d0f": "o", "\u1d0d": "m",
+})
+_SEP = r"[\s\-_.\u2010-\u2015\u2212\ufe58\ufe63\uff0d]*"
+_TAG_NAME = _SEP.join(UNTRUSTED_TAG.split("-"))
+# An opening or closing look-alike tag, or the bare tag name, in the normalised view of the text.
+_TAG_LIKE = re.compile(rf"(?P<open><\s*(?P<slash>/)?\s*)?{_TAG_NAME}", re.IGNORECASE)
+DEFANGED_TAG = "[tag removed]"
+_NAME_LIMIT = 80
+
+
+def _normalised(text: str) -> tuple[str, list[int]]:
+    """NFKC (fullwidth ＜, small ﹤, compatibility letters) plus a homoglyph fold, char by char so
+    every character of the view maps back to its index in ``text``; invisible characters are
+    left out of the view, so they cannot split a tag name."""
+    chars: list[str] = []
+    where: list[int] = []
+    for i, ch in enumerate(text):
+        if ch.isascii() and ch not in "\x00\x7f" and ch.isprintable() or ch.isspace():
+            chars.append(ch)
+            where.append(i)
+            continue
+        for c in unicodedata.normalize("NFKC", ch).translate(_HOMOGLYPHS):
+            if not _INVISIBLE_CHARS.match(c):
+                chars.append(c)
+                where.append(i)
+    return "".join(chars), where
+
+
+def defang(text: str) -> str:
+    """Every look-alike of the untrusted-content tag (any case, fullwidth or other confusable
+    brackets and letters, whitespace/invisible/hyphen variants) becomes ``&lt;/[tag removed]``
+    or, for the bare name, ``[tag removed]``. Other text is returned unchanged."""
+    if not text:
+        return ""
+    view, where = _normalised(text)
+    out: list[str] = []
+    last = 0
+    for m in _TAG_LIKE.finditer(view):
+        start, end = where[m.start()], where[m.end() - 1] + 1
+        out.append(text[last:start])
+        out.append(("&lt;" + ("/" if m.group("slash") else "") if m.group("open") else "") + DEFANGED_TAG)
+        last = end
+    if not out:
+        return text
+    out.append(text[last:])
+    return "".join(out)
+
+
+def plain_name(name: str | None) -> str:
+    """A customer's display name fit for an outgoing message: one line, no tag look-alikes, no
+    angle brackets (ASCII or confusable), at most 80 characters. Empty when nothing is left."""
+    if not name:
+        return ""
+    cleaned = defang(_one_line(name)).replace("&lt;/", " ").replace("&lt;", " ")
+    cleaned = "".join(c for c in cleaned if not ({"<", ">"} & set(unicodedata.normalize("NFKC", c))))
+    return " ".join(cleaned.replace(DEFANGED_TAG, " ").split())[:_NAME_LIMIT].strip()
+
+
+def untrusted_field(value: str | None, *, source: str) -> str | None:
+    """``untrusted`` for an optional customer-supplied field (name, company): None stays None."""
+    return None if value is None else untrusted(value, source=source)
 
 
 def untrusted(text: str, *, source: str) -> str:
     """Wrap customer-written ``text`` so a model reads it as data (see the module docstring)."""
     src = _SOURCE_BAD.sub("_", (source or "").lower())[:40] or "unknown"
-    safe = _TAG_LIKE.sub("&lt;", text or "")
-    return f'<{UNTRUSTED_TAG} source="{src}">\n{safe}\n</{UNTRUSTED_TAG}>'
+    return f'<{UNTRUSTED_TAG} source="{src}">\n{defang(text or "")}\n</{UNTRUSTED_TAG}>'

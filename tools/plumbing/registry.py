@@ -11,10 +11,12 @@ from __future__ import annotations
 import inspect
 import logging
 import typing
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import asyncpg
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
@@ -59,7 +61,8 @@ class ToolSpec:
         except ValidationError as exc:
             raise UserError(format_validation_error(self.name, exc)) from None
         try:
-            return await self.handler(crm, args)
+            async with within_deadline(crm):
+                return await self.handler(crm, args)
         except ToolError:
             raise
         except asyncpg.QueryCanceledError:
@@ -76,13 +79,35 @@ class ToolSpec:
         except asyncpg.DataError as exc:
             log.warning("tool %s data error: %s", self.name, type(exc).__name__)
             raise ToolError(f"{self.name} received a value the database cannot store ({type(exc).__name__}); nothing was changed.") from None
+
+
+def call_deadline_s(settings: Any) -> float:
+    """The longest any one call (tool, prompt, completion) may take: the statement timeout plus
+    a grace of at most 5 s for getting a pooled connection, several statements and our own work.
+    Without it a frozen backend held a call for command_timeout and the pool release after it
+    (40 s with a 15 s statement timeout), and an exhausted pool waited forever."""
+    t = settings.statement_timeout_ms / 1000
+    return t + min(t, 5.0)
+
+
+@asynccontextmanager
+async def within_deadline(crm: Any) -> AsyncIterator[None]:
+    """Run the block under call_deadline_s; raise Unavailable if the database does not answer in
+    time or cannot be reached (one clear, retryable message for every kind of caller)."""
+    deadline = call_deadline_s(crm.settings)
+    with anyio.move_on_after(deadline) as scope:
+        try:
+            yield
         except _RETRYABLE as exc:
-            log.warning("tool %s: database unavailable: %s", self.name, type(exc).__name__)
+            log.warning("database unavailable: %s", type(exc).__name__)
             raise Unavailable(type(exc).__name__) from None
         except RuntimeError as exc:
             if "pool" in str(exc).lower() or "closed" in str(exc).lower():
                 raise Unavailable("connection pool closed") from None
             raise
+    if scope.cancelled_caught:
+        log.warning("database did not answer within %.1f s; call cancelled", deadline)
+        raise Unavailable(f"no answer within {deadline:g} s")
 
 
 REGISTRY: list[ToolSpec] = []
