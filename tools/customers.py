@@ -200,11 +200,10 @@ def _detect(query: str) -> SearchKind:
 
 @crm_tool(name="find_customer", title="Find customer", toolset="customers", read_only=True, destructive=False, idempotent=True)
 async def find_customer(crm: Crm, args: FindCustomerInput) -> FindCustomerResult:
-    """Look a customer up by email, phone/WhatsApp number, customer id, ticket number (TKT-0042)
-    or part of a name. Use it first whenever a message mentions a customer. Returns each match
-    with identities, plan, open tickets, last contact and sentiment trend. Phones match in any
-    format (normalised to E.164); names are a case-insensitive substring, newest contact first.
-    To create or change a customer use upsert_customer; for their timeline, get_customer_history."""
+    """Look a customer up by email, phone/WhatsApp number (any format), customer id, ticket number
+    (TKT-0042) or part of a name; use it first whenever a message mentions a customer. Matches come
+    with identities, plan, open tickets, last contact and sentiment trend. To create or change a
+    customer: upsert_customer; their timeline: get_customer_history."""
     q = args.query.replace("\x00", "").strip()
     if not q:
         raise UserError("query is empty.", hint="Pass an email, phone number, ticket number, customer id or name.")
@@ -425,11 +424,11 @@ def _count(status: str) -> int:
 
 @crm_tool(name="merge_customers", title="Merge duplicate customers", toolset="customers", read_only=False, destructive=True, idempotent=True)
 async def merge_customers(crm: Crm, args: MergeCustomersInput) -> MergeCustomersResult:
-    """Fold a duplicate customer into the primary, in one audited transaction: identities,
-    conversations, messages, tickets, orders and feedback move over; the duplicate is marked
-    merged_into. Destructive. Use when find_customer or ingest_message (identity_conflicts,
-    likely duplicates) show one person under two records. Refused when both hold different verified
-    identities of the same kind (two real people). Repeating a finished merge changes nothing."""
+    """Fold a duplicate customer into the primary in one audited transaction (identities,
+    conversations, messages, tickets, orders, feedback move over; the duplicate is marked
+    merged_into). Destructive. Use when one person shows up under two records (identity_conflicts,
+    likely_duplicates). Refused when both hold different verified identities of one kind. Repeating
+    a finished merge changes nothing."""
     p, d = args.primary_id, args.duplicate_id
     if p == d:
         raise UserError("primary_id and duplicate_id are the same customer.")

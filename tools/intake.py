@@ -153,12 +153,11 @@ def _lock_key(*parts: str) -> str:
 
 @crm_tool(name="ingest_message", title="Ingest inbound message", toolset="conversations", read_only=False, destructive=False, idempotent=True)
 async def ingest_message(crm: Crm, args: IngestInput) -> IngestResult:
-    """Record one inbound channel message exactly once and get what you need to answer it:
-    customer (found or created), conversation (reused across channels within 24 h), ticket (TKT-0042,
-    opened before any reply), sentiment, and whether to escalate. Retries are safe: the same
-    channel + channel_message_id returns the original ids with duplicate=true. Next:
-    search_knowledge_base and send_response, or escalate_to_human when escalation_suggested.
-    Not for replies (send_response) or staff notes (update_ticket)."""
+    """Record one inbound channel message exactly once and get what answering it needs: customer
+    (found or created), conversation (reused across channels within 24 h), ticket (opened before any
+    reply), sentiment, and whether to escalate. A retry with the same channel + channel_message_id
+    returns the original ids (duplicate=true). Next: search_knowledge_base and send_response, or
+    escalate_to_human. Not for replies (send_response) or staff notes (update_ticket)."""
     s = args.sender  # identities arrive normalised (params.Email / params.Phone)
     wanted: list[tuple[str, str]] = []
     if s.email:

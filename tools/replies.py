@@ -84,11 +84,10 @@ async def _replay(conn: asyncpg.Connection, key: str) -> SendResponseResult | No
 
 @crm_tool(name="send_response", title="Send response", toolset="conversations", read_only=False, destructive=False, idempotent=False)
 async def send_response(crm: Crm, args: SendResponseInput) -> SendResponseResult:
-    """Queue a reply on a ticket or conversation, formatted for the channel: the channel template
-    adds greeting, signature and ticket reference; WhatsApp replies over 1,600 characters are split at
-    sentence boundaries, email and web-form replies over the limit are refused. Parts wait as
-    'pending' for the channel bridge; the result shows exactly what will be sent. Pass
-    idempotency_key to make retries safe. Internal notes go through update_ticket."""
+    """Queue a reply on a ticket or conversation, formatted for the channel (template greeting,
+    signature, ticket reference); WhatsApp replies over 1,600 characters are split at sentences,
+    email and web-form replies over the limit are refused. Parts wait as 'pending' for the channel
+    bridge; the result shows exactly what will be sent. idempotency_key makes retries safe."""
     body = args.body
     async with crm.tx() as conn:
         if args.idempotency_key:
