@@ -103,3 +103,92 @@ async def test_no_auth_on_loopback_serves_without_token(db_dsn: str) -> None:
             assert "find_customer" in names and "upsert_customer" not in names
             res = await client.call_tool("upsert_customer", {"email": "x@example.com"})
             assert res.is_error and "readonly" in result_text(res)
+
+
+class _Jwks:
+    """An issuer's JWKS served by the test on 127.0.0.1."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from cryptography.hazmat.primitives.asymmetric import rsa
+        from jwt.algorithms import RSAAlgorithm
+
+        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        jwk = json.loads(RSAAlgorithm.to_jwk(self.key.public_key()))
+        body = json.dumps({"keys": [{**jwk, "kid": "k1", "use": "sig", "alg": "RS256"}]}).encode()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *a: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/jwks.json"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+ISSUER = "https://idp.test.invalid/"
+
+
+def _jwt(key: object, *, aud: str, iss: str = ISSUER, exp_in: int = 300, scope: str = "crm:readonly") -> str:
+    import time
+
+    import jwt
+
+    now = int(time.time())
+    claims = {"iss": iss, "aud": aud, "sub": "user-42", "iat": now, "exp": now + exp_in, "scope": scope}
+    return jwt.encode(claims, key, algorithm="RS256", headers={"kid": "k1"})  # type: ignore[arg-type]
+
+
+async def test_jwt_from_external_issuer(db_dsn: str) -> None:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    jwks = _Jwks()
+    try:
+        async with http_server(db_dsn, CRM_OAUTH_ISSUER=ISSUER, CRM_OAUTH_JWKS_URL=jwks.url) as srv:
+            aud = srv.url  # default audience: this server's resource URL
+            meta = httpx.get(srv.base + "/.well-known/oauth-protected-resource/mcp").json()
+            assert meta["authorization_servers"] == [ISSUER]
+            good = _jwt(jwks.key, aud=aud)
+            for mode in ("auto", "legacy"):
+                async with bearer_client(srv.url, good, mode=mode) as client:
+                    names = await tool_names(client)
+                    assert "find_customer" in names and "upsert_customer" not in names  # crm:readonly
+                    res = await client.call_tool("upsert_customer", {"email": "jwt@example.com"})
+                    assert res.is_error and "role 'readonly'" in result_text(res)
+            async with bearer_client(srv.url, _jwt(jwks.key, aud=aud, scope="openid crm:staff")) as client:
+                assert "merge_customers" in await tool_names(client)
+            other_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+            bad = {
+                "expired": _jwt(jwks.key, aud=aud, exp_in=-120),
+                "wrong audience": _jwt(jwks.key, aud="http://127.0.0.1:1/mcp"),
+                "wrong issuer": _jwt(jwks.key, aud=aud, iss="https://evil.test.invalid/"),
+                "wrong key": _jwt(other_key, aud=aud),
+                "no crm scope": _jwt(jwks.key, aud=aud, scope="openid email"),
+                "garbage": "a.b.c",
+            }
+            init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+                    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}}
+            headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+            async with httpx.AsyncClient() as http:
+                ok = await http.post(srv.url, json=init, headers={**headers, "Authorization": f"Bearer {good}"})
+                assert ok.status_code == 200
+                for why, token in bad.items():
+                    r = await http.post(srv.url, json=init, headers={**headers, "Authorization": f"Bearer {token}"})
+                    assert r.status_code == 401, why
+            assert good not in srv.log()
+    finally:
+        jwks.close()
