@@ -46,6 +46,14 @@ def failure_kind(exc: BaseException) -> str:
 
     from crm_mcp.tools.errors import Conflict, NotFound, Unavailable, UserError
 
+    # The SDK wraps what a tool raised in ToolError("Error executing tool ...") from the original.
+    inner: BaseException | None = exc
+    for _ in range(5):
+        if inner is None or isinstance(inner, UserError | Unavailable) or not isinstance(inner, ToolError):
+            break
+        inner = inner.__cause__
+    if inner is not None and isinstance(inner, UserError | Unavailable):
+        exc = inner
     if isinstance(exc, NotFound):
         return "not_found"
     if isinstance(exc, Conflict):
