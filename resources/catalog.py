@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 JSON = "application/json"
 MAX_COMPLETIONS = 20
+MIN_IDENTITY_PREFIX = 3
 
 
 @asynccontextmanager
@@ -177,7 +178,7 @@ async def complete_uuids(crm: Crm, table: str, value: str) -> Completion:
 
 async def complete_identities(crm: Crm, value: str) -> Completion:
     prefix = value.strip().lower()
-    if not prefix:
+    if len(prefix) < MIN_IDENTITY_PREFIX:  # a letter or two would list everyone's email and phone
         return Completion(values=[], total=0, has_more=False)
     escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     async with crm.pool.acquire() as conn:

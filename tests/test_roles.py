@@ -72,6 +72,13 @@ async def test_each_role_sees_and_calls_only_its_tools(db_dsn: str) -> None:
             assert res.is_error and "role 'agent' may not call merge_customers" in result_text(res)
             history = await call(agent, "get_customer_history", customer_id=cid)
             assert history
+        async with bearer_client(srv.url, tokens["readonly"]) as ro:
+            from mcp.types import PromptReference
+            brief = PromptReference(type="ref/prompt", name="customer_brief")
+            for short in ("r", "ro"):  # no listing of identities from a letter or two
+                assert (await ro.complete(brief, {"name": "customer", "value": short})).completion.values == []
+            got = (await ro.complete(brief, {"name": "customer", "value": "role-"})).completion.values
+            assert got == ["role-test@example.com"]
         assert await _count(db_dsn, "SELECT count(*) FROM customers") == customers  # nothing changed
         # the audit log is an admin-only resource
         async with bearer_client(srv.url, tokens["staff"]) as staff:
