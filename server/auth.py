@@ -113,6 +113,7 @@ class JwtVerifier:
     issuer: str
     jwks_url: str
     audience: str
+    resource: str  # this server's resource URL; the audience check above is what binds the token to it
     leeway_s: int = 10
     algorithms: tuple[str, ...] = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA")
 
@@ -152,7 +153,7 @@ class JwtVerifier:
         subject = str(claims.get("sub") or claims.get("client_id") or claims.get("azp") or "jwt")
         return AccessToken(token=token, client_id=str(claims.get("client_id") or claims.get("azp") or subject),
                            subject=subject, scopes=[scope_for(role)], expires_at=int(claims["exp"]),
-                           resource=self.audience, claims={"kind": "jwt", "iss": self.issuer})
+                           resource=self.resource, claims={"kind": "jwt", "iss": self.issuer})
 
 
 @dataclass

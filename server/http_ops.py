@@ -74,7 +74,7 @@ def make_verifier(settings: Settings, pool: Any) -> Any:
     jwt = None
     if settings.oauth_issuer and settings.oauth_jwks_url:
         jwt = JwtVerifier(issuer=settings.oauth_issuer, jwks_url=settings.oauth_jwks_url,
-                          audience=settings.oauth_audience or resource)
+                          audience=settings.oauth_audience or resource, resource=resource)
     return CombinedVerifier(api=ApiTokenVerifier(pool=pool, resource=resource), jwt=jwt)
 
 

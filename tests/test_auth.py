@@ -190,5 +190,13 @@ async def test_jwt_from_external_issuer(db_dsn: str) -> None:
                     r = await http.post(srv.url, json=init, headers={**headers, "Authorization": f"Bearer {token}"})
                     assert r.status_code == 401, why
             assert good not in srv.log()
+        # a configured audience replaces the resource URL as the required `aud`
+        async with http_server(db_dsn, CRM_OAUTH_ISSUER=ISSUER, CRM_OAUTH_JWKS_URL=jwks.url,
+                               CRM_OAUTH_AUDIENCE="api://crm") as srv:
+            async with bearer_client(srv.url, _jwt(jwks.key, aud="api://crm")) as client:
+                assert "find_customer" in await tool_names(client)
+            async with httpx.AsyncClient() as http:
+                r = await http.post(srv.url, json=init, headers={**headers, "Authorization": f"Bearer {_jwt(jwks.key, aud=srv.url)}"})
+                assert r.status_code == 401
     finally:
         jwks.close()
