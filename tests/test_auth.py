@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from .conftest import REPO, server_env
-from .http_server import bearer_client, http_server, make_token, result_text, tool_names
+from .http_server import bearer_client, http_server, result_text, tool_names
 
 pytestmark = pytest.mark.anyio
 
