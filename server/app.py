@@ -163,7 +163,7 @@ async def serve_stdio(settings: Settings, demo: bool = False) -> None:
 async def serve_http(settings: Settings, demo: bool = False) -> None:
     import uvicorn
 
-    from .http_ops import cap_sessions_per_principal, check_http_settings, transport_security, uvicorn_config
+    from .http_ops import check_http_settings, harden, transport_security, uvicorn_config
 
     check_http_settings(settings)  # --no-auth only on loopback; a public bind needs CRM_PUBLIC_URL
     async with open_crm(settings) as crm:
@@ -178,7 +178,7 @@ async def serve_http(settings: Settings, demo: bool = False) -> None:
             max_sessions=settings.max_sessions,
             session_idle_timeout=settings.session_idle_minutes * 60,
         )
-        cap_sessions_per_principal(server.session_manager, settings.max_sessions_per_token)
+        harden(app, server, settings)  # per-token session cap; 503 when tokens cannot be checked
         config = uvicorn_config(app, settings)
         uv = uvicorn.Server(config)
         log.info("crm-mcp %s serving Streamable HTTP on http://%s:%d/mcp (%s)", __version__, settings.host, settings.port,

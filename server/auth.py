@@ -31,6 +31,10 @@ TOKEN_PREFIX = "crm_"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
+class TokenStoreUnavailable(Exception):
+    """The token table cannot be read: answered 503 (retry), not 401 (your token is bad)."""
+
+
 class TokenAdminError(Exception):
     """A token administration mistake (bad name or role, duplicate, unknown): one line, exit 2."""
 
@@ -95,9 +99,10 @@ class ApiTokenVerifier:
             with anyio.fail_after(5):
                 row = await self.pool.fetchrow(_VERIFY, hash_token(token))
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            # Fail closed. The SDK's bearer middleware can only answer 401 here.
+            # Fail closed, but do not tell a client with a good token that it is bad:
+            # http_ops.TokenStoreDown turns this into 503 + Retry-After.
             log.warning("token check failed: database unavailable (%s)", type(exc).__name__)
-            return None
+            raise TokenStoreUnavailable(type(exc).__name__) from None
         if row is None:
             return None
         return AccessToken(token=token, client_id=row["name"], subject=row["name"],

@@ -123,6 +123,33 @@ def add_routes(server: Any, crm: Any, settings: Settings) -> None:
                 Route("/.well-known/oauth-protected-resource", endpoint=suffixed.endpoint, methods=["GET", "OPTIONS"]))
 
 
+class TokenStoreDown:
+    """ASGI middleware outside the SDK's bearer authentication: when the token table cannot be
+    read, answer 503 with Retry-After instead of a 500 with a traceback."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        from .auth import TokenStoreUnavailable
+
+        try:
+            await self.app(scope, receive, send)
+        except TokenStoreUnavailable:
+            if scope["type"] != "http":
+                raise
+            response = JSONResponse({"error": "temporarily_unavailable",
+                                     "error_description": "The CRM database is unavailable; retry in a few seconds."},
+                                    status_code=503, headers={"Retry-After": "5"})
+            await response(scope, receive, send)
+
+
+def harden(app: Any, server: Any, settings: Settings) -> None:
+    """What the SDK's app does not do itself: per-token session cap, 503 when tokens cannot be checked."""
+    cap_sessions_per_principal(server.session_manager, settings.max_sessions_per_token)
+    app.add_middleware(TokenStoreDown)  # outermost of the app's middleware: wraps the bearer check
+
+
 def cap_sessions_per_principal(session_manager: Any, limit: int) -> None:
     """The SDK caps sessions globally (max_sessions) only. A session records the credential that
     opened it, so a credential already holding `limit` sessions is refused a new one (503, as at

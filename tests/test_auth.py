@@ -200,3 +200,33 @@ async def test_jwt_from_external_issuer(db_dsn: str) -> None:
                 assert r.status_code == 401
     finally:
         jwks.close()
+
+
+async def test_database_down_is_503_not_401(db_dsn: str, pg_admin_dsn: str) -> None:
+    """A good token while the token table cannot be read: 503 + Retry-After (retry), never 401
+    (which tells the client its token is bad) nor a 500 with a traceback; /readyz says not ready."""
+    from .http_server import make_token
+
+    token = await make_token(db_dsn, "steady", "staff")
+    from urllib.parse import urlsplit
+
+    dbname = urlsplit(db_dsn).path.lstrip("/")
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}}
+    headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json",
+               "Authorization": f"Bearer {token}"}
+    async with http_server(db_dsn, tolerate=("asyncpg.pool",), CRM_SLA_CHECK_INTERVAL_S="3600") as srv:
+        async with httpx.AsyncClient(timeout=30) as http:
+            assert (await http.post(srv.url, json=init, headers=headers)).status_code == 200
+            admin = await asyncpg.connect(pg_admin_dsn)
+            try:
+                await admin.execute(f"ALTER DATABASE {dbname} ALLOW_CONNECTIONS false")
+                await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", dbname)
+                down = await http.post(srv.url, json=init, headers=headers)
+                assert down.status_code == 503, down.text
+                assert down.headers["retry-after"] == "5"
+                assert (await http.get(srv.base + "/readyz")).status_code == 503
+            finally:
+                await admin.execute(f"ALTER DATABASE {dbname} ALLOW_CONNECTIONS true")
+                await admin.close()
+            assert (await http.post(srv.url, json=init, headers=headers)).status_code == 200  # recovered
