@@ -64,7 +64,7 @@ class Settings(BaseSettings):
     max_sessions: int = Field(default=200, ge=1, le=100000)
     max_sessions_per_token: int = Field(default=10, ge=1, le=10000)
     session_idle_minutes: float = Field(default=10.0, gt=0, le=24 * 60)
-    http_header_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    http_read_timeout_s: float = Field(default=10.0, gt=0, le=300, description="A request, head and body, must arrive within this.")
     http_keep_alive_s: int = Field(default=5, ge=1, le=300)
     http_max_connections: int = Field(default=1000, ge=1)
     metrics_require_token: bool = Field(default=True, description="/metrics needs a bearer token when auth is on.")

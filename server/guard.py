@@ -86,7 +86,7 @@ class Guard:
             keep = [t for t in _get(result, "resource_templates", "resourceTemplates") or []
                     if roles.may_read_resource(role, str(_get(t, "uri_template", "uriTemplate")))]
             return _replace(result, key, keep)
-        if method == "resources/read":
+        if method in ("resources/read", "resources/subscribe"):
             uri = str(params.get("uri", ""))
             if not roles.may_read_resource(role, uri):
                 raise MCPError(code=INVALID_REQUEST, message=roles.denial(role, f"read {uri}", roles.resource_roles(uri)))
@@ -136,6 +136,7 @@ class Guard:
 
 
 _GUARDED = frozenset({"tools/list", "tools/call", "resources/list", "resources/templates/list", "resources/read",
+                      "resources/subscribe",
                       "prompts/list", "prompts/get", "completion/complete"})
 
 

@@ -107,8 +107,7 @@ def add_routes(server: Any, crm: Any, settings: Settings) -> None:
         if auth_on and settings.metrics_require_token and not isinstance(request.scope.get("user"), AuthenticatedUser):
             return JSONResponse({"error": "invalid_token", "error_description": "Authentication required"},
                                 status_code=401, headers={"WWW-Authenticate": "Bearer"})
-        sm = getattr(server._lowlevel_server, "_session_manager", None)
-        sessions = len(getattr(sm, "_server_instances", {}))
+        sessions = len(server.session_manager._server_instances)  # the SDK has no public count
         body, ctype = await telemetry.render(crm.pool, sessions)
         return Response(body, media_type=ctype)
 
@@ -144,10 +143,26 @@ class TokenStoreDown:
             await response(scope, receive, send)
 
 
+class _ClientGoneFilter(logging.Filter):
+    """The SDK logs a client that hung up mid-body (or was cut off by the read timeout) as an
+    ERROR with a traceback; one warning line is what it is."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from starlette.requests import ClientDisconnect
+
+        if record.exc_info and isinstance(record.exc_info[1], ClientDisconnect):
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg, record.args = "client disconnected before its request body arrived", ()
+        return True
+
+
 def harden(app: Any, server: Any, settings: Settings) -> None:
-    """What the SDK's app does not do itself: per-token session cap, 503 when tokens cannot be checked."""
+    """What the SDK's app does not do itself: per-token session cap, 503 when tokens cannot be
+    checked, a quiet log line for clients that go away mid-request."""
     cap_sessions_per_principal(server.session_manager, settings.max_sessions_per_token)
     app.add_middleware(TokenStoreDown)  # outermost of the app's middleware: wraps the bearer check
+    logging.getLogger("mcp.server.streamable_http").addFilter(_ClientGoneFilter())
 
 
 def cap_sessions_per_principal(session_manager: Any, limit: int) -> None:
@@ -168,48 +183,50 @@ def cap_sessions_per_principal(session_manager: Any, limit: int) -> None:
     session_manager._admit_session = admit
 
 
-class _HeaderTimeoutH11(H11Protocol):
-    """uvicorn closes idle keep-alive connections but never times out a request head that
-    arrives slowly (slowloris). Each request head must be complete within header_timeout
-    seconds of its first byte, or of the connection opening."""
+class _ReadTimeoutH11(H11Protocol):
+    """uvicorn closes idle keep-alive connections but never times out a request that arrives
+    slowly (slowloris: a head or a body dribbled a byte at a time). Each request, head and body,
+    must be complete within read_timeout seconds of its first byte (or of the connection opening);
+    otherwise the connection is closed."""
 
-    header_timeout = 10.0
+    read_timeout = 10.0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._head_deadline: asyncio.TimerHandle | None = None
-        self._arm_head_deadline()
+        self._read_deadline: asyncio.TimerHandle | None = None
+        self._arm_read_deadline()
 
-    def _arm_head_deadline(self) -> None:
-        if self._head_deadline is None:
-            self._head_deadline = self.loop.call_later(self.header_timeout, self._head_too_slow)
+    def _arm_read_deadline(self) -> None:
+        if self._read_deadline is None:
+            self._read_deadline = self.loop.call_later(self.read_timeout, self._read_too_slow)
 
-    def _disarm_head_deadline(self) -> None:
-        if self._head_deadline is not None:
-            self._head_deadline.cancel()
-            self._head_deadline = None
+    def _disarm_read_deadline(self) -> None:
+        if self._read_deadline is not None:
+            self._read_deadline.cancel()
+            self._read_deadline = None
 
-    def _head_too_slow(self) -> None:
-        self._head_deadline = None
-        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+    def _read_too_slow(self) -> None:
+        self._read_deadline = None
+        # IDLE: the head is incomplete; SEND_BODY: the body is. DONE and later: it all arrived.
+        if self.conn.their_state in (h11.IDLE, h11.SEND_BODY) and not self.transport.is_closing():
             self.transport.close()
 
     def data_received(self, data: bytes) -> None:
         if self.conn.their_state is h11.IDLE:
-            self._arm_head_deadline()
+            self._arm_read_deadline()
         super().data_received(data)
-        if self.conn.their_state is not h11.IDLE:
-            self._disarm_head_deadline()
+        if self.conn.their_state not in (h11.IDLE, h11.SEND_BODY):
+            self._disarm_read_deadline()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm_head_deadline()
+        self._disarm_read_deadline()
         super().connection_lost(exc)
 
 
 def uvicorn_config(app: Any, settings: Settings) -> Any:
     import uvicorn
 
-    protocol = type("HeaderTimeoutH11", (_HeaderTimeoutH11,), {"header_timeout": settings.http_header_timeout_s})
+    protocol = type("ReadTimeoutH11", (_ReadTimeoutH11,), {"read_timeout": settings.http_read_timeout_s})
     return uvicorn.Config(
         app,
         host=settings.host,

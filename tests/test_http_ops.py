@@ -59,8 +59,8 @@ def _closed_within(sock: socket.socket, seconds: float) -> bool:
         return False
 
 
-async def test_slow_request_heads_are_closed(db_dsn: str) -> None:
-    async with http_server(db_dsn, "--no-auth", CRM_HTTP_HEADER_TIMEOUT_S="1") as srv:
+async def test_slow_requests_are_closed(db_dsn: str) -> None:
+    async with http_server(db_dsn, "--no-auth", CRM_HTTP_READ_TIMEOUT_S="1") as srv:
         port = int(srv.base.rsplit(":", 1)[1])
         idle = socket.create_connection(("127.0.0.1", port))
         slow = socket.create_connection(("127.0.0.1", port))
@@ -79,6 +79,32 @@ async def test_slow_request_heads_are_closed(db_dsn: str) -> None:
                     break
             assert closed and time.monotonic() - started < 4
             assert _closed_within(idle, 2)  # a connection that sends nothing at all goes too
+            body = socket.create_connection(("127.0.0.1", port))
+            try:  # a complete head, then a body dribbled a byte at a time
+                body.sendall(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                             b"Accept: application/json, text/event-stream\r\nContent-Length: 1000\r\n\r\n{")
+                started = time.monotonic()
+                closed = False
+                for _ in range(20):
+                    try:
+                        body.sendall(b" ")
+                    except OSError:
+                        closed = True
+                        break
+                    data = b""
+                    body.settimeout(0.25)
+                    try:
+                        data = body.recv(4096)
+                        closed = True  # an answer or EOF: either way the server stopped waiting
+                    except TimeoutError:
+                        pass
+                    except ConnectionResetError:
+                        closed = True
+                    if closed:
+                        break
+                assert closed and time.monotonic() - started < 4, data
+            finally:
+                body.close()
             # a normal request is unaffected
             assert httpx.get(srv.base + "/healthz").status_code == 200
         finally:
