@@ -5,10 +5,31 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from typing import Any
 
-from . import audit, auth
 from .config import Settings
+from .roles import ROLES
+
+
+def add_admin_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
+    tok = sub.add_parser("token", help="API tokens for the HTTP transport: create, list, revoke")
+    toksub = tok.add_subparsers(dest="token_command", required=True)
+    tc = toksub.add_parser("create", help="create a token; it is printed once, alone on the last line")
+    common(tc)
+    tc.add_argument("--role", dest="token_role", required=True, choices=ROLES)
+    tc.add_argument("--name", dest="token_name", required=True, help="unique name, e.g. desk-alice or bridge-email")
+    tl = toksub.add_parser("list", help="names, roles, created, last used, revoked (never the tokens)")
+    common(tl)
+    tl.add_argument("--json", action="store_true")
+    tr = toksub.add_parser("revoke", help="revoke a token by name; effective on its next request")
+    common(tr)
+    tr.add_argument("token_name", metavar="NAME")
+
+    aud = sub.add_parser("audit", help="print the audit log of writes, newest first")
+    common(aud)
+    aud.add_argument("--limit", type=int, default=50)
+    aud.add_argument("--json", action="store_true")
 
 
 def _fmt(v: Any) -> str:
@@ -16,6 +37,7 @@ def _fmt(v: Any) -> str:
 
 
 async def run_admin(settings: Settings, ns: argparse.Namespace) -> None:
+    from . import audit, auth
     from .app import prepare_database
     from .db import connect_once
 

@@ -11,6 +11,7 @@ import anyio
 
 from . import __version__
 from .config import ConfigError, Settings, load_settings
+from .admin_cli import add_admin_parsers
 from .roles import ROLES
 
 
@@ -42,23 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="HTTP without bearer tokens: local development on loopback only (env CRM_NO_AUTH)")
     serve.add_argument("--public-url", help="the MCP URL clients use; required to bind a non-loopback address (env CRM_PUBLIC_URL)")
 
-    tok = sub.add_parser("token", help="API tokens for the HTTP transport: create, list, revoke")
-    toksub = tok.add_subparsers(dest="token_command", required=True)
-    tc = toksub.add_parser("create", help="create a token; it is printed once, alone on the last line")
-    _common(tc)
-    tc.add_argument("--role", dest="token_role", required=True, choices=ROLES)
-    tc.add_argument("--name", dest="token_name", required=True, help="unique name, e.g. desk-alice or bridge-email")
-    tl = toksub.add_parser("list", help="names, roles, created, last used, revoked (never the tokens)")
-    _common(tl)
-    tl.add_argument("--json", action="store_true")
-    tr = toksub.add_parser("revoke", help="revoke a token by name; effective on its next request")
-    _common(tr)
-    tr.add_argument("token_name", metavar="NAME")
-
-    aud = sub.add_parser("audit", help="print the audit log of writes, newest first")
-    _common(aud)
-    aud.add_argument("--limit", type=int, default=50)
-    aud.add_argument("--json", action="store_true")
+    add_admin_parsers(sub, _common)  # token create/list/revoke, audit (server/admin_cli.py)
 
     mig = sub.add_parser("migrate", help="apply pending database migrations")
     _common(mig)
