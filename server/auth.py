@@ -32,7 +32,8 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 class TokenStoreUnavailable(Exception):
-    """The token table cannot be read: answered 503 (retry), not 401 (your token is bad)."""
+    """Tokens cannot be checked (token table or the issuer's JWKS unreachable): answered 503
+    (retry), not 401 (your token is bad)."""
 
 
 class TokenAdminError(Exception):
@@ -141,8 +142,11 @@ class JwtVerifier:
 
         try:
             claims = await anyio.to_thread.run_sync(self._decode, token)
+        except jwt.PyJWKClientConnectionError as exc:  # the issuer's JWKS is unreachable: retry, not "bad token"
+            log.warning("JWT not checked: JWKS unreachable (%s)", type(exc).__name__)
+            raise TokenStoreUnavailable("JWKS unreachable") from None
         except jwt.PyJWKClientError as exc:
-            log.warning("JWT rejected: signing key unavailable (%s)", type(exc).__name__)
+            log.info("JWT rejected: no matching signing key (%s)", type(exc).__name__)
             return None
         except jwt.InvalidTokenError as exc:
             log.info("JWT rejected: %s", type(exc).__name__)  # the class names the failed check; no claims logged

@@ -143,14 +143,15 @@ class _Jwks:
 ISSUER = "https://idp.test.invalid/"
 
 
-def _jwt(key: object, *, aud: str, iss: str = ISSUER, exp_in: int = 300, scope: str = "crm:readonly") -> str:
+def _jwt(key: object, *, aud: str, iss: str = ISSUER, exp_in: int = 300, scope: str = "crm:readonly",
+         kid: str = "k1") -> str:
     import time
 
     import jwt
 
     now = int(time.time())
     claims = {"iss": iss, "aud": aud, "sub": "user-42", "iat": now, "exp": now + exp_in, "scope": scope}
-    return jwt.encode(claims, key, algorithm="RS256", headers={"kid": "k1"})  # type: ignore[arg-type]
+    return jwt.encode(claims, key, algorithm="RS256", headers={"kid": kid})  # type: ignore[arg-type]
 
 
 async def test_jwt_from_external_issuer(db_dsn: str) -> None:
@@ -190,6 +191,15 @@ async def test_jwt_from_external_issuer(db_dsn: str) -> None:
                     r = await http.post(srv.url, json=init, headers={**headers, "Authorization": f"Bearer {token}"})
                     assert r.status_code == 401, why
             assert good not in srv.log()
+        # the issuer's JWKS unreachable: 503 (retry later), not 401 (bad token)
+        from .http_server import free_port
+
+        async with http_server(db_dsn, CRM_OAUTH_ISSUER=ISSUER,
+                               CRM_OAUTH_JWKS_URL=f"http://127.0.0.1:{free_port()}/jwks.json") as srv:
+            async with httpx.AsyncClient() as http:
+                token = _jwt(jwks.key, aud=srv.url)
+                r = await http.post(srv.url, json=init, headers={**headers, "Authorization": f"Bearer {token}"})
+                assert r.status_code == 503 and r.headers["retry-after"] == "5"
         # a configured audience replaces the resource URL as the required `aud`
         async with http_server(db_dsn, CRM_OAUTH_ISSUER=ISSUER, CRM_OAUTH_JWKS_URL=jwks.url,
                                CRM_OAUTH_AUDIENCE="api://crm") as srv:
