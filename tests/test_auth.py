@@ -240,3 +240,29 @@ async def test_database_down_is_503_not_401(db_dsn: str, pg_admin_dsn: str) -> N
                 await admin.execute(f"ALTER DATABASE {dbname} ALLOW_CONNECTIONS true")
                 await admin.close()
             assert (await http.post(srv.url, json=init, headers=headers)).status_code == 200  # recovered
+
+
+async def test_public_url_is_resource_and_allowed_host(db_dsn: str) -> None:
+    """CRM_PUBLIC_URL (needed for a non-loopback bind) names the resource in the metadata and the
+    401 header, and its host joins the loopback names the DNS-rebinding check accepts."""
+    from .http_server import free_port, make_token
+
+    token = await make_token(db_dsn, "remote", "readonly")
+    public = f"http://crm.test.invalid:{free_port()}/mcp"
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}}
+    headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json",
+               "Authorization": f"Bearer {token}"}
+    async with http_server(db_dsn, "--public-url", public) as srv:
+        async with httpx.AsyncClient() as http:
+            meta = (await http.get(srv.base + "/.well-known/oauth-protected-resource/mcp")).json()
+            assert meta["resource"] == public
+            r = await http.post(srv.url, json=init, headers={k: v for k, v in headers.items() if k != "Authorization"})
+            assert r.status_code == 401 and "crm.test.invalid" in r.headers["www-authenticate"]
+            host = public.split("/")[2]
+            ok = await http.post(srv.url, json=init, headers={**headers, "Host": host, "Origin": f"http://{host}"})
+            assert ok.status_code == 200, ok.text
+            evil = await http.post(srv.url, json=init, headers={**headers, "Host": "evil.example"})
+            assert evil.status_code in (403, 421)
+            evil_origin = await http.post(srv.url, json=init, headers={**headers, "Origin": "http://evil.example"})
+            assert evil_origin.status_code == 403
