@@ -53,13 +53,9 @@ class CrmServer(MCPServer[Any]):
             note_failure(exc)  # for the audit log: the error's kind, before the SDK makes it text
             raise
         except ToolError as exc:
+            note_failure(exc)
             if isinstance(exc.__cause__, ValidationError):
-                note_failure(exc)
                 raise UserError(format_validation_error(name, exc.__cause__)) from None
-            note_failure(exc)
-            raise
-        except Exception as exc:
-            note_failure(exc)
             raise
 
     async def get_prompt(self, name: str, arguments: dict[str, Any] | None = None, context: Any = None) -> Any:

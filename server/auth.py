@@ -99,7 +99,8 @@ class ApiTokenVerifier:
         try:
             with anyio.fail_after(5):
                 row = await self.pool.fetchrow(_VERIFY, hash_token(token))
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError) as exc:
+            # InternalClientError: a pooled connection the server terminated mid-use (seen in tests).
             # Fail closed, but do not tell a client with a good token that it is bad:
             # http_ops.TokenStoreDown turns this into 503 + Retry-After.
             log.warning("token check failed: database unavailable (%s)", type(exc).__name__)

@@ -123,7 +123,15 @@ class Guard:
                                    digest=audit.args_digest(arguments), outcome="error:denied")
             return CallToolResult(content=[TextContent(type="text", text=text)], is_error=True)
         failure = audit.start_call()
-        result = await call_next(ctx)
+        try:
+            result = await call_next(ctx)
+        except Exception as exc:  # a protocol-level error (MCPError): still counted and audited
+            kind = "protocol" if isinstance(exc, MCPError) else "internal"
+            telemetry.observe_call(name, who.role, f"error:{kind}", time.perf_counter() - started)
+            if writes:
+                await audit.record(self.pool, actor=who.actor, role=who.role, tool=name, ids={},
+                                   digest=audit.args_digest(arguments), outcome=f"error:{kind}")
+            raise
         is_error = bool(_get(result, "is_error", "isError"))
         outcome = "ok" if not is_error else f"error:{failure[0] if failure else 'tool_error'}"
         telemetry.observe_call(name, who.role, outcome, time.perf_counter() - started)
