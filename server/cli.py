@@ -11,6 +11,8 @@ import anyio
 
 from . import __version__
 from .config import ConfigError, Settings, load_settings
+from .admin_cli import add_admin_parsers
+from .roles import ROLES
 
 if TYPE_CHECKING:
     from crm_mcp.tools.knowledge import SearchKbInput
@@ -39,6 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--demo", action="store_true", help="load the demo data set before serving")
     serve.add_argument("--read-only", action="store_true", default=None, help="expose only tools that do not write")
     serve.add_argument("--toolsets", help="comma-separated toolsets to expose (default all)")
+    serve.add_argument("--role", choices=ROLES, help="role of stdio (and of HTTP under --no-auth); default admin (env CRM_ROLE)")
+    serve.add_argument("--no-auth", action="store_true", default=None,
+                       help="HTTP without bearer tokens: local development on loopback only (env CRM_NO_AUTH)")
+    serve.add_argument("--public-url", help="the MCP URL clients use; required to bind a non-loopback address (env CRM_PUBLIC_URL)")
+
+    add_admin_parsers(sub, _common)  # token create/list/revoke, audit (server/admin_cli.py)
 
     mig = sub.add_parser("migrate", help="apply pending database migrations")
     _common(mig)
@@ -76,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _settings(ns: argparse.Namespace) -> Settings:
-    keys = ("database_url", "data_dir", "default_region", "log_level", "host", "port", "read_only", "toolsets")
+    keys = ("database_url", "data_dir", "default_region", "log_level", "host", "port", "read_only", "toolsets",
+            "role", "no_auth", "public_url")
     return load_settings(**{k: getattr(ns, k, None) for k in keys})
 
 
@@ -118,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2)
     from .app import configure_logging
 
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     try:
         if ns.command == "serve":
             from .app import serve_http, serve_stdio
@@ -135,6 +144,10 @@ def main(argv: list[str] | None = None) -> None:
             anyio.run(_demo_reset, settings, ns.force)
         elif ns.command == "kb":
             anyio.run(_kb, settings, ns, search)
+        elif ns.command in ("token", "audit"):
+            from .admin_cli import run_admin
+
+            anyio.run(run_admin, settings, ns)
         elif ns.command == "db" and ns.db_command == "status":
             anyio.run(_status, settings)
         elif ns.command == "db" and ns.db_command == "stop":
@@ -154,11 +167,17 @@ def main(argv: list[str] | None = None) -> None:
         from .demo import DemoResetRefused
         from .migrate import MigrationError
 
+        from .auth import TokenAdminError
+        from .http_ops import HttpConfigError
+
         operational = (DatabaseUnavailable, MigrationError, EmbeddingSpaceMismatch, EmbeddingConfigError, EmbeddingProviderError,
                        DemoResetRefused)
         if isinstance(exc, operational):
             print(f"crm-mcp: {exc}", file=sys.stderr)
             raise SystemExit(1) from None
+        if isinstance(exc, (TokenAdminError, HttpConfigError)):  # the user's mistake: one line, exit 2
+            print(f"crm-mcp: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
         raise
 
 

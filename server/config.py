@@ -50,6 +50,25 @@ class Settings(BaseSettings):
     embedding_model: str | None = None
     openai_api_key: str | None = None
     openai_base_url: str | None = None
+    # Access control (server/auth.py, server/roles.py, server/guard.py)
+    role: Literal["admin", "staff", "agent", "bridge", "readonly"] = Field(
+        default="admin", description="Role of unauthenticated transports: stdio, and HTTP under --no-auth.")
+    no_auth: bool = Field(default=False, description="HTTP without bearer tokens; loopback only, for development.")
+    public_url: str | None = Field(
+        default=None, description="This server's MCP endpoint as clients reach it (the OAuth resource URL); "
+        "default http://HOST:PORT/mcp. Its host is also added to the allowed Host/Origin headers.")
+    oauth_issuer: str | None = Field(default=None, description="Accept JWT access tokens from this issuer.")
+    oauth_jwks_url: str | None = Field(default=None, description="The issuer's JWKS URL (required with oauth_issuer).")
+    oauth_audience: str | None = Field(default=None, description="Required JWT audience; default: the resource URL.")
+    # HTTP service limits (server/http_ops.py)
+    max_sessions: int = Field(default=200, ge=1, le=100000)
+    max_sessions_per_token: int = Field(default=10, ge=1, le=10000)
+    session_idle_minutes: float = Field(default=10.0, gt=0, le=24 * 60)
+    http_read_timeout_s: float = Field(default=10.0, gt=0, le=300, description="A request, head and body, must arrive within this.")
+    http_keep_alive_s: int = Field(default=5, ge=1, le=300)
+    http_max_connections: int = Field(default=1000, ge=1)
+    metrics_require_token: bool = Field(default=True, description="/metrics needs a bearer token when auth is on.")
+    log_format: Literal["text", "json"] = "text"
 
     @field_validator("database_url")
     @classmethod
@@ -81,6 +100,21 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"has unknown toolset(s) {', '.join(unknown)}; valid: all, or a comma-separated list of {', '.join(TOOLSETS)}.")
         return ",".join(dict.fromkeys(parts))
+
+    @field_validator("oauth_jwks_url", "oauth_issuer", "public_url")
+    @classmethod
+    def _check_http_url(cls, v: str | None) -> str | None:
+        if v is not None and v.strip() == "":
+            return None
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return v
+
+    def resource_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/mcp"
 
     def sla_hours(self, priority: str) -> float:
         return float(getattr(self, f"sla_hours_{priority}"))

@@ -26,6 +26,7 @@ import pytest
 
 from crm_mcp.server.app import build_server
 from crm_mcp.server.config import Settings
+from crm_mcp.server.roles import ROLES
 from crm_mcp.tools import vocabulary as v
 from crm_mcp.tools.plumbing.context import Crm
 
@@ -205,6 +206,7 @@ MIRRORED: dict[tuple[str, str], tuple[str, ...]] = {
     ("knowledge_base", "category"): get_args(v.KbCategory),
     ("feedback", "channel"): get_args(v.Channel),
     ("analytics_daily", "channel"): ("all", *get_args(v.Channel)),  # 'all' is the per-day total row
+    ("api_tokens", "role"): ROLES,  # server/roles.py: the access policy's roles
 }
 # Vocabularies only the database and the SQL next to them use; no Python Literal mirrors them.
 NOT_MIRRORED = {

@@ -146,7 +146,7 @@ def test_bad_configuration_fails_with_one_line() -> None:
 def test_http_refuses_non_loopback_bind() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CRM_")}
     env["CRM_DATABASE_URL"] = "postgresql://127.0.0.1:1/none"
-    out = subprocess.run([sys.executable, "-m", "crm_mcp.server.cli", "serve", "--http", "--host", "0.0.0.0"],
+    out = subprocess.run([sys.executable, "-m", "crm_mcp.server.cli", "serve", "--http", "--host", "0.0.0.0", "--no-auth"],
                          env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.returncode != 0
     assert "loopback" in out.stderr
@@ -161,7 +161,7 @@ def _free_port() -> int:
 async def test_http_transport_and_origin_check(db_dsn: str) -> None:
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "crm_mcp.server.cli", "serve", "--http", "--port", str(port)],
+        [sys.executable, "-m", "crm_mcp.server.cli", "serve", "--http", "--no-auth", "--port", str(port)],
         env=server_env(db_dsn), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     url = f"http://127.0.0.1:{port}/mcp"

@@ -1,0 +1,100 @@
+"""Who may do what: the one role policy, enforced server-side by crm_mcp.server.guard.
+
+Roles:
+    admin     everything (token administration is the CLI's, on the database host)
+    staff     every CRM tool, resource, prompt and completion except the audit log
+    agent     the tools the AI agent answers a conversation with (per-conversation scoping is a
+              later issue), customer/ticket/conversation resources, prompts, completions
+    bridge    channel plumbing only: intake, outbox claim, delivery status. No customer lookup,
+              no history, no knowledge-base writes, no resources, prompts or completions
+    readonly  every tool whose readOnlyHint is true, resources, prompts, completions
+
+Tools: admin and staff may call every tool; readonly every tool annotated read-only (derived
+from the tool's own annotations, so a new read tool needs no entry here). agent and bridge get
+exactly the tools listed in EXTRA_ROLES. Adding a tool for them is one line there."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Literal, get_args
+
+Role = Literal["admin", "staff", "agent", "bridge", "readonly"]
+ROLES: tuple[Role, ...] = get_args(Role)
+
+# Scopes an external issuer grants, mapped to roles; the first one present (in ROLES order) wins.
+SCOPE_PREFIX = "crm:"
+
+# Roles beyond admin/staff (and readonly for read tools) allowed to call a tool.
+EXTRA_ROLES: dict[str, frozenset[Role]] = {
+    "get_customer_history": frozenset({"agent"}),
+    "get_conversation": frozenset({"agent"}),
+    "get_ticket": frozenset({"agent"}),
+    "search_knowledge_base": frozenset({"agent"}),
+    "search_products": frozenset({"agent"}),
+    "send_response": frozenset({"agent"}),
+    "create_ticket": frozenset({"agent"}),
+    "update_ticket": frozenset({"agent"}),
+    "escalate_to_human": frozenset({"agent"}),
+    "ingest_message": frozenset({"bridge"}),
+    "update_delivery_status": frozenset({"bridge"}),
+    "claim_outbox": frozenset({"bridge"}),  # the outbox claim tool of a later issue
+}
+
+# Resources: URI (or URI template) -> roles. Anything not listed: every role but bridge.
+_NOT_BRIDGE: frozenset[Role] = frozenset({"admin", "staff", "agent", "readonly"})
+RESOURCE_ROLES: dict[str, frozenset[Role]] = {
+    "crm://audit": frozenset({"admin"}),
+}
+# Prompts and completions read customer data: every role but bridge.
+PROMPT_ROLES = _NOT_BRIDGE
+COMPLETION_ROLES = _NOT_BRIDGE  # completions list customer identities: roles that may read customers
+
+
+def tool_roles(name: str, read_only: bool) -> frozenset[Role]:
+    roles: set[Role] = {"admin", "staff"}
+    if read_only:
+        roles.add("readonly")
+    roles |= EXTRA_ROLES.get(name, frozenset())
+    return frozenset(roles)
+
+
+def may_call(role: Role, name: str, read_only: bool) -> bool:
+    return role in tool_roles(name, read_only)
+
+
+def resource_roles(uri: str) -> frozenset[Role]:
+    return RESOURCE_ROLES.get(uri.split("?", 1)[0].rstrip("/"), _NOT_BRIDGE)
+
+
+def may_read_resource(role: Role, uri: str) -> bool:
+    return role in resource_roles(uri)
+
+
+def may_use_prompts(role: Role) -> bool:
+    return role in PROMPT_ROLES
+
+
+def may_complete(role: Role) -> bool:
+    return role in COMPLETION_ROLES
+
+
+def ordered(roles: Iterable[Role]) -> list[Role]:
+    s = set(roles)
+    return [r for r in ROLES if r in s]
+
+
+def denial(role: Role, what: str, allowed: Iterable[Role]) -> str:
+    """The one-line refusal every surface uses: who is refused, what, and who may."""
+    may = ordered(allowed)
+    return (f"Permission denied: role '{role}' may not {what}. "
+            f"Allowed role{'s' if len(may) != 1 else ''}: {', '.join(may)}. Nothing was changed.")
+
+
+def role_from_scopes(scopes: Iterable[str]) -> Role | None:
+    """crm:admin, crm:staff, ... -> the most privileged role present (ROLES order)."""
+    granted = {s.removeprefix(SCOPE_PREFIX) for s in scopes if s.startswith(SCOPE_PREFIX)}
+    return next((r for r in ROLES if r in granted), None)
+
+
+def scope_for(role: Role) -> str:
+    return SCOPE_PREFIX + role
