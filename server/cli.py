@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -47,6 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--public-url", help="the MCP URL clients use; required to bind a non-loopback address (env CRM_PUBLIC_URL)")
 
     add_admin_parsers(sub, _common)  # token create/list/revoke, audit (server/admin_cli.py)
+
+    up = sub.add_parser("up", help="run the whole desk: MCP HTTP server and web form, supervised (Ctrl-C stops all)")
+    _common(up)
+    up.add_argument("--demo", action="store_true", help="load the demo data set first")
+    up.add_argument("--host", help="address every component binds (loopback; default 127.0.0.1)")
+    up.add_argument("--port", type=int, help="MCP HTTP port (default 8000)")
+    up.add_argument("--webform-port", type=int, default=8080, help="web form port (default 8080)")
 
     mig = sub.add_parser("migrate", help="apply pending database migrations")
     _common(mig)
@@ -136,6 +144,10 @@ def main(argv: list[str] | None = None) -> None:
                 anyio.run(serve_http, settings, ns.demo)
             else:
                 anyio.run(serve_stdio, settings, ns.demo)
+        elif ns.command == "up":
+            from .up import run_up
+
+            anyio.run(functools.partial(run_up, settings, demo=ns.demo, webform_port=ns.webform_port))
         elif ns.command == "migrate":
             anyio.run(_migrate, settings)
         elif ns.command == "seed-demo":

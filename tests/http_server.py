@@ -35,12 +35,15 @@ class HttpServer:
     base: str
     proc: subprocess.Popen[bytes]
     log_path: str
+    kept_log: str | None = None  # the log's text once the file is gone
 
     @property
     def url(self) -> str:
         return self.base + "/mcp"
 
     def log(self) -> str:
+        if self.kept_log is not None:
+            return self.kept_log
         with open(self.log_path, encoding="utf-8", errors="replace") as f:
             return f.read()
 
@@ -88,7 +91,8 @@ async def http_server(dsn: str, *args: str, tolerate: tuple[str, ...] = (), **en
     records = re.split(r"\n(?=\d{4}-\d\d-\d\d |\{)", server.log())
     bad = [r for r in records if "Traceback" in r and not any(t in r.split("\n", 1)[0] for t in tolerate)]
     assert not bad, bad[0][-4000:]
-    os.unlink(server.log_path)  # kept only when the server misbehaved
+    server.kept_log = server.log()  # tests may still read it after the block
+    os.unlink(server.log_path)  # the file is kept only when the server misbehaved
 
 
 async def make_token(dsn: str, name: str, role: str) -> str:

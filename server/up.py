@@ -1,0 +1,167 @@
+"""`crm-mcp up`: the whole desk under one supervisor.
+
+It prepares the database (migrations, and the demo with --demo), mints a token for each
+component that talks to the CRM over HTTP, then runs every component as its own process: the MCP
+HTTP server, the web form bridge, and each further bridge whose settings are present. A component
+that exits is restarted with exponential backoff; once it answers its health check its address is
+printed; Ctrl-C or SIGTERM stops everything. Tokens are handed to children in the environment
+(never on a command line, where `ps` shows them) and revoked when the desk stops."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import anyio
+import httpx
+
+from .config import Settings
+
+log = logging.getLogger(__name__)
+
+BACKOFF_START_S = 1.0
+BACKOFF_MAX_S = 30.0
+HEALTHY_RESET_S = 60.0  # a component that ran this long starts its backoff afresh
+STOP_GRACE_S = 10.0
+
+
+@dataclass
+class Component:
+    name: str
+    argv: list[str]
+    url: str  # where people (or other components) reach it
+    health: str  # polled until it answers 200
+    env: dict[str, str] = field(default_factory=dict)
+    restarts: int = 0
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "crm_mcp.server.cli", *args]
+
+
+def plan(settings: Settings, *, webform_port: int, tokens: dict[str, str]) -> list[Component]:
+    host, port = settings.host, settings.port
+    mcp_url = f"http://{host}:{port}/mcp"
+    components = [
+        Component("mcp-server", _cli("serve", "--http", "--host", host, "--port", str(port)), mcp_url,
+                  f"http://{host}:{port}/healthz"),
+        Component("webform", _cli("bridge", "webform", "--host", host, "--port", str(webform_port)),
+                  f"http://{host}:{webform_port}/", f"http://{host}:{webform_port}/healthz",
+                  env={"CRM_SERVER_URL": mcp_url, "CRM_TOKEN": tokens["webform"]}),
+    ]
+    return components
+
+
+async def mint_tokens(settings: Settings, names: list[str]) -> dict[str, str]:
+    """One bridge token per component, named so `crm-mcp token list` shows where it came from."""
+    from .app import prepare_database
+    from .auth import create_token
+    from .db import connect_once
+
+    dsn = await prepare_database(settings)
+    conn = await connect_once(dsn)
+    try:
+        stamp = f"{time.strftime('%Y%m%d%H%M%S')}-{secrets.token_hex(3)}"
+        return {n: await create_token(conn, f"up-{n}-{stamp}", "bridge") for n in names}
+    finally:
+        await conn.close()
+
+
+async def revoke_minted(settings: Settings, tokens: dict[str, str]) -> None:
+    from .app import prepare_database
+    from .auth import hash_token
+    from .db import connect_once
+
+    conn = await connect_once(await prepare_database(settings))
+    try:
+        await conn.execute("UPDATE api_tokens SET revoked_at = now() WHERE token_sha256 = ANY($1::bytea[]) "
+                           "AND revoked_at IS NULL", [hash_token(t) for t in tokens.values()])
+    finally:
+        await conn.close()
+
+
+async def _wait_healthy(url: str, proc: anyio.abc.Process, timeout_s: float = 120.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    async with httpx.AsyncClient(timeout=2.0) as client:
+        while time.monotonic() < deadline and proc.returncode is None:
+            try:
+                if (await client.get(url)).status_code == 200:
+                    return True
+            except httpx.HTTPError:
+                pass
+            await anyio.sleep(0.25)
+    return False
+
+
+async def supervise(c: Component, *, say: Callable[[str], None]) -> None:
+    """Run one component until cancelled, restarting it with backoff when it exits."""
+    backoff = BACKOFF_START_S
+    env = {**os.environ, **c.env}
+    while True:
+        started = time.monotonic()
+        async with await anyio.open_process(c.argv, env=env, stdin=subprocess.DEVNULL, stdout=None, stderr=None,
+                                            start_new_session=True) as proc:
+            try:
+                if await _wait_healthy(c.health, proc):
+                    say(f"{c.name:<11} {c.url}" + (f"  (restart {c.restarts})" if c.restarts else ""))
+                code = await proc.wait()
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await _stop(proc)
+        ran = time.monotonic() - started
+        backoff = BACKOFF_START_S if ran > HEALTHY_RESET_S else min(backoff * 2, BACKOFF_MAX_S)
+        c.restarts += 1
+        say(f"{c.name} exited with code {code} after {ran:.0f} s; restarting in {backoff:.0f} s")
+        await anyio.sleep(backoff)
+
+
+async def _stop(proc: anyio.abc.Process) -> None:
+    if proc.returncode is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    with anyio.move_on_after(STOP_GRACE_S):
+        await proc.wait()
+        return
+    proc.kill()
+    await proc.wait()
+
+
+async def run_up(settings: Settings, *, demo: bool, webform_port: int) -> None:
+    def say(line: str) -> None:
+        print(f"crm-mcp up: {line}", flush=True)
+
+    if demo:
+        from .app import open_crm
+        from .demo import load_demo
+
+        async with open_crm(settings, background=False) as crm:
+            await load_demo(crm)
+    tokens = await mint_tokens(settings, ["webform"])
+    components = plan(settings, webform_port=webform_port, tokens=tokens)
+    say("starting " + ", ".join(c.name for c in components) + "; Ctrl-C stops everything")
+    say("agent: not part of the desk yet (no answering agent is installed); replies come from staff tools")
+    try:
+        async with anyio.create_task_group() as tg:
+
+            async def watch() -> None:
+                with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for _ in signals:
+                        say("stopping")
+                        tg.cancel_scope.cancel()
+                        return
+
+            tg.start_soon(watch)
+            for c in components:
+                tg.start_soon(functools.partial(supervise, c, say=say))
+    finally:
+        with anyio.CancelScope(shield=True):
+            await revoke_minted(settings, tokens)
+        say("stopped")
