@@ -22,7 +22,9 @@ class JsonFormatter(logging.Formatter):
         }
         doc.update(getattr(record, FIELDS, {}) or {})
         if record.exc_info and record.levelno >= logging.ERROR:
+            # Our own failures: the traceback names code, not customers (locals are not printed).
             doc["error"] = repr(record.exc_info[1])
+            doc["traceback"] = self.formatException(record.exc_info)
         return json.dumps(doc, default=str)
 
 

@@ -61,13 +61,13 @@ def create_app(bridge: Bridge, *, secret: str, refresh_s: int = 10, rate_limit: 
     env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]))
     env.globals.update(product=product, categories=CATEGORIES, limits=LIMITS)
 
-    def page(name: str, status: int = 200, headers: dict[str, str] | None = None, **ctx: Any) -> HTMLResponse:
-        return HTMLResponse(env.get_template(name).render(**ctx), status_code=status, headers={**HEADERS, **(headers or {})})
+    def page(template: str, code: int = 200, headers: dict[str, str] | None = None, **ctx: Any) -> HTMLResponse:
+        return HTMLResponse(env.get_template(template).render(**ctx), status_code=code, headers={**HEADERS, **(headers or {})})
 
     def form_page(request: Request, *, values: dict[str, str] | None = None, errors: dict[str, str] | None = None,
-                  notice: str | None = None, status: int = 200) -> HTMLResponse:
+                  notice: str | None = None, code: int = 200) -> HTMLResponse:
         csrf = request.cookies.get(CSRF_COOKIE) or tokens.new_csrf()
-        resp = page("form.html", status, values=values or {}, errors=errors or {}, notice=notice,
+        resp = page("form.html", code, values=values or {}, errors=errors or {}, notice=notice,
                     form_token=tokens.form_token(csrf), honeypot=HONEYPOT)
         resp.set_cookie(CSRF_COOKIE, csrf, httponly=True, samesite="strict", secure=request.url.scheme == "https",
                         max_age=24 * 3600)
@@ -100,7 +100,7 @@ def create_app(bridge: Bridge, *, secret: str, refresh_s: int = 10, rate_limit: 
             submission_id = tokens.submission_id(raw.get("form_token", ""), request.cookies.get(CSRF_COOKIE))
         except FormTokenError as exc:
             if exc.expired:
-                return form_page(request, values=check(raw).values, status=400,
+                return form_page(request, values=check(raw).values, code=400,
                                  notice="The form had been open too long and expired. Nothing was sent: check your message and send it again.")
             return page("problem.html", 403, title="Form not accepted",
                         text="The form's security check failed (cookies may be blocked for this site). Nothing was sent: "
@@ -119,7 +119,7 @@ def create_app(bridge: Bridge, *, secret: str, refresh_s: int = 10, rate_limit: 
         # 5. the fields
         sub = check(raw)
         if not sub.ok:
-            return form_page(request, values=sub.values, errors=sub.errors, status=400)
+            return form_page(request, values=sub.values, errors=sub.errors, code=400)
         v = sub.values
         meta = {"source": "web_form"}
         if v["category"]:
@@ -131,11 +131,11 @@ def create_app(bridge: Bridge, *, secret: str, refresh_s: int = 10, rate_limit: 
                                          sender={"email": v["email"], "name": v["name"]}, subject=v["subject"],
                                          content=v["message"], metadata=meta)
         except CrmUnavailable:
-            return form_page(request, values=v, status=503,
+            return form_page(request, values=v, code=503,
                              notice="We could not take your message just now. Nothing was sent: please send the form again in a minute.")
         except CrmRejected as exc:
             event(log, "ingest_refused", logging.WARNING, error=str(exc)[:200])
-            return form_page(request, values=v, status=400,
+            return form_page(request, values=v, code=400,
                              notice="Your message could not be accepted. Please check the fields and send it again.")
         number = result["ticket"]["ticket_number"]
         link = request.url_for("status", token=tokens.status_token(number, result["conversation"]["conversation_id"]))
