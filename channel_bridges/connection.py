@@ -113,7 +113,8 @@ class CrmConnection:
                 self.last_error = _describe(exc)
             finally:
                 self._client, self.connected = None, False
-                self._ready = anyio.Event()
+                if self._ready.is_set():  # callers already waiting hold the unset one: it is set on reconnect
+                    self._ready = anyio.Event()
             delay = self.backoff.delay(attempt)
             event(log, "crm_unreachable", logging.WARNING, mode=self.target.mode, error=self.last_error,
                   retry_in_s=round(delay, 2))

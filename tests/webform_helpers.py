@@ -55,8 +55,8 @@ def _stop(proc: subprocess.Popen, log: Path | None = None) -> None:
 
 
 @contextmanager
-def crm_http(dsn: str, tmp: Path) -> Iterator[str]:
-    port = free_port()
+def crm_http(dsn: str, tmp: Path, port: int | None = None) -> Iterator[str]:
+    port = port or free_port()
     log = open(tmp / f"crm-{port}.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "crm_mcp.server.cli", "serve", "--http", "--port", str(port)],
                             env=server_env(dsn), cwd=str(REPO), stdout=log, stderr=log)
