@@ -108,6 +108,18 @@ class RateLimit:
     window_s: float = 600.0
     _hits: dict[str, deque[float]] = field(default_factory=dict)
 
+    @classmethod
+    def from_env(cls) -> RateLimit:
+        """CRM_WEBFORM_RATE_LIMIT=N/SECONDS (default 10/600)."""
+        raw = os.environ.get("CRM_WEBFORM_RATE_LIMIT", "").strip()
+        if not raw:
+            return cls()
+        try:
+            n, _, s = raw.partition("/")
+            return cls(limit=int(n), window_s=float(s or 600))
+        except ValueError:
+            raise SystemExit(f"crm-mcp: CRM_WEBFORM_RATE_LIMIT must look like 10/600 (submissions per seconds), got {raw!r}") from None
+
     def hit(self, address: str) -> float | None:
         """Count a submission; None if allowed, else seconds until the next one is."""
         now = time.monotonic()

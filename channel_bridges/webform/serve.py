@@ -48,4 +48,5 @@ async def serve(target: CrmTarget, *, host: str = "127.0.0.1", port: int = 8080,
 def main(*, port: int, host: str = "127.0.0.1", server: str | None = None, token: str | None = None,
          refresh_s: int = 10, log_level: str = "INFO") -> None:
     configure(log_level)
-    anyio.run(lambda: serve(CrmTarget.from_env(server, token), host=host, port=port, refresh_s=refresh_s))
+    anyio.run(lambda: serve(CrmTarget.from_env(server, token), host=host, port=port, refresh_s=refresh_s,
+                           rate_limit=RateLimit.from_env()))
