@@ -230,6 +230,11 @@ async def update_delivery_status(crm: Crm, args: DeliveryInput) -> DeliveryResul
             if row["channel_message_id"] not in (None, args.channel_message_id):
                 raise Conflict("This message already has a different channel_message_id recorded.")
             if row["channel_message_id"] is None:
+                taken = await conn.fetchval(
+                    "SELECT id FROM messages WHERE channel = $1 AND channel_message_id = $2", row["channel"], args.channel_message_id)
+                if taken is not None:
+                    raise Conflict(f"Another {row['channel']} message already has this channel_message_id; each provider id belongs to one message.",
+                                   hint="Report the provider's id for this message, or omit channel_message_id.")
                 await conn.execute("UPDATE messages SET channel_message_id = $2 WHERE id = $1", row["id"], args.channel_message_id)
         current = row["delivery_status"]
         new = args.status
