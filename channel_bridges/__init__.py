@@ -1,3 +1,13 @@
-"""Channel bridges (web form, WhatsApp via Twilio and Meta, email via Gmail and IMAP/SMTP) and the
-agent that answers through MCP. Not built yet: bridges feed messages in with ingest_message and
-deliver replies from the outbox (crm_mcp.tools.replies.claim_outbox, update_delivery_status)."""
+"""Channel bridges: small processes that are MCP clients of the CRM. A bridge feeds a channel's
+messages in with ingest_message and delivers the CRM's replies from the outbox (claim_outbox,
+then update_delivery_status). It talks MCP only: nothing here imports crm_mcp.server or
+crm_mcp.tools (tests/test_bridge_runtime.py checks).
+
+    connection  the MCP client: Streamable HTTP with a bearer token, or `crm-mcp serve` spawned
+                over stdio on the local data directory; reconnects with backoff
+    retry       exponential backoff with jitter, Retry-After parsing
+    delivery    what a channel's deliver callable returns or raises, and the outbound part it gets
+    runtime     Bridge: ingest (acknowledge only after commit), the delivery loop, health, shutdown
+    logs        structured (JSON) log lines carrying ids only, never personal data
+    webform/    the web form and its status page (`crm-mcp bridge webform`)
+"""

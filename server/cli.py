@@ -82,6 +82,16 @@ def build_parser() -> argparse.ArgumentParser:
     srch.add_argument("--limit", type=int, default=5)
     srch.add_argument("--category")
 
+    bridge = sub.add_parser("bridge", help="run a channel bridge (an MCP client of this CRM)")
+    bridgesub = bridge.add_subparsers(dest="bridge_command", required=True)
+    wf = bridgesub.add_parser("webform", help="the support web form and its status pages")
+    wf.add_argument("--port", type=int, default=8080, help="HTTP port of the form (default 8080)")
+    wf.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    wf.add_argument("--server", help="CRM MCP endpoint, e.g. http://127.0.0.1:8000/mcp (env CRM_SERVER_URL); "
+                    "default: start `crm-mcp serve` over stdio on the local data directory")
+    wf.add_argument("--token", help="bearer token with the bridge role (env CRM_TOKEN)")
+    wf.add_argument("--refresh", type=int, default=10, help="seconds between status page refreshes (default 10)")
+
     db = sub.add_parser("db", help="database utilities")
     dbsub = db.add_subparsers(dest="db_command", required=True)
     st = dbsub.add_parser("status", help="where the data is, schema versions and row counts")
@@ -148,6 +158,11 @@ def main(argv: list[str] | None = None) -> None:
             from .up import run_up
 
             anyio.run(functools.partial(run_up, settings, demo=ns.demo, webform_port=ns.webform_port))
+        elif ns.command == "bridge":
+            from crm_mcp.channel_bridges.webform.serve import main as webform
+
+            webform(port=ns.port, host=ns.host, server=ns.server, token=ns.token, refresh_s=ns.refresh,
+                    log_level=settings.log_level)
         elif ns.command == "migrate":
             anyio.run(_migrate, settings)
         elif ns.command == "seed-demo":

@@ -5,7 +5,8 @@ Roles:
     staff     every CRM tool, resource, prompt and completion except the audit log
     agent     the tools the AI agent answers a conversation with (per-conversation scoping is a
               later issue), customer/ticket/conversation resources, prompts, completions
-    bridge    channel plumbing only: intake, outbox claim, delivery status. No customer lookup,
+    bridge    channel plumbing only: intake, outbox claim, delivery status, a customer's own ticket
+              updates for a status page (both ids needed). No customer lookup,
               no history, no knowledge-base writes, no resources, prompts or completions
     readonly  every tool whose readOnlyHint is true, resources, prompts, completions
 
@@ -37,7 +38,8 @@ EXTRA_ROLES: dict[str, frozenset[Role]] = {
     "escalate_to_human": frozenset({"agent"}),
     "ingest_message": frozenset({"bridge"}),
     "update_delivery_status": frozenset({"bridge"}),
-    "claim_outbox": frozenset({"bridge"}),  # the outbox claim tool of a later issue
+    "claim_outbox": frozenset({"bridge"}),
+    "get_ticket_updates": frozenset({"bridge"}),  # what a status page shows the customer of their own ticket
 }
 
 # Resources: URI (or URI template) -> roles. Anything not listed: every role but bridge.

@@ -2,9 +2,10 @@
 
 send_response never talks to a channel itself: it formats the reply for the channel and stores
 it as outbound messages with delivery_status 'pending'. Bridges claim pending messages
-(claim_outbox, FOR UPDATE SKIP LOCKED), deliver them, and report back through
-update_delivery_status, whose statuses only move forward:
-pending -> sent -> delivered -> read, and failed from pending, sent or delivered."""
+(claim_outbox: FOR UPDATE SKIP LOCKED with a lease, long-polling on LISTEN/NOTIFY), deliver them,
+and report back through update_delivery_status, which ends the lease and whose statuses only move
+forward: pending -> sent -> delivered -> read, and failed from pending, sent or delivered.
+get_ticket_updates is the customer-facing read a bridge shows on a status page."""
 
 from __future__ import annotations
 
@@ -12,13 +13,14 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any, Literal
 
+import anyio
 import asyncpg
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from crm_mcp.tools.plumbing.context import Crm
 from crm_mcp.tools.vocabulary import Channel, DeliveryStatus
 from crm_mcp.tools.plumbing.errors import Conflict, NotFound, UserError
-from crm_mcp.tools.engines.formatting import render_template, split_message
+from crm_mcp.tools.engines.formatting import render_template, split_message, untrusted
 from crm_mcp.tools.models import MessageView, Out
 from crm_mcp.tools.plumbing.registry import crm_tool
 from crm_mcp.tools.plumbing.paging import aware, decode_cursor, encode_cursor
@@ -208,10 +210,11 @@ class DeliveryResult(Out):
 
 @crm_tool(name="update_delivery_status", title="Update delivery status", toolset="conversations", read_only=False, destructive=False, idempotent=True)
 async def update_delivery_status(crm: Crm, args: DeliveryInput) -> DeliveryResult:
-    """Record what a channel reported about an outbound message (for bridges). Statuses only move
-    forward (pending -> sent -> delivered -> read; failed from any non-final state); late or repeated
-    reports are ignored with changed=false. Identify the message by message_id, or by channel +
-    channel_message_id once the provider id is recorded."""
+    """Record what a channel reported about an outbound message (for bridges); this ends the
+    bridge's claim_outbox lease. Statuses only move forward (pending -> sent -> delivered -> read;
+    failed from any non-final state); late or repeated reports are ignored with changed=false.
+    failed with an error adds an internal note on the ticket naming the provider's reason.
+    Identify the message by message_id, or by channel + channel_message_id once recorded."""
     async with crm.tx() as conn:
         if args.message_id is not None:
             row = await conn.fetchrow("SELECT * FROM messages WHERE id = $1 FOR UPDATE", args.message_id)
@@ -227,6 +230,11 @@ async def update_delivery_status(crm: Crm, args: DeliveryInput) -> DeliveryResul
             if row["channel_message_id"] not in (None, args.channel_message_id):
                 raise Conflict("This message already has a different channel_message_id recorded.")
             if row["channel_message_id"] is None:
+                taken = await conn.fetchval(
+                    "SELECT id FROM messages WHERE channel = $1 AND channel_message_id = $2", row["channel"], args.channel_message_id)
+                if taken is not None:
+                    raise Conflict(f"Another {row['channel']} message already has this channel_message_id; each provider id belongs to one message.",
+                                   hint="Report the provider's id for this message, or omit channel_message_id.")
                 await conn.execute("UPDATE messages SET channel_message_id = $2 WHERE id = $1", row["id"], args.channel_message_id)
         current = row["delivery_status"]
         new = args.status
@@ -235,21 +243,148 @@ async def update_delivery_status(crm: Crm, args: DeliveryInput) -> DeliveryResul
         if not forward:
             return DeliveryResult(message_id=str(row["id"]), delivery_status=current, changed=False,
                                   note=f"Ignored: the message is already {current}.")
+        # Any report ends the bridge's claim (lease) on the message.
         await conn.execute(
-            "UPDATE messages SET delivery_status = $2, delivery_error = $3, delivery_updated_at = now() WHERE id = $1",
-            row["id"], new, args.error)
+            "UPDATE messages SET delivery_status = $2, delivery_error = $3, delivery_updated_at = now(), lease_until = NULL "
+            "WHERE id = $1", row["id"], new, args.error)
+        if new == "failed" and row["ticket_id"] is not None:
+            reason = args.error or "no reason given"
+            await add_event(conn, row["ticket_id"], "note", to_value="delivery_failed", actor="update_delivery_status",
+                            note=f"Reply {row['id']} could not be delivered on {row['channel']}: {reason}")
     return DeliveryResult(message_id=str(row["id"]), delivery_status=new, changed=True)
 
 
-async def claim_outbox(pool: asyncpg.Pool, channel: str, limit: int = 10) -> list[asyncpg.Record]:
-    """For bridges: pending outbound messages of a channel, oldest first, locked so that two bridge
-    processes never deliver the same message. The caller delivers, then reports the status
-    (update_delivery_status); a message whose report never comes stays pending and is offered again."""
-    async with pool.acquire() as conn, conn.transaction():
-        return await conn.fetch(
-            """SELECT m.id, m.channel, m.content, m.thread_ref, m.metadata, m.conversation_id
-               FROM messages m WHERE m.channel = $1 AND m.delivery_status = 'pending'
-               ORDER BY m.created_at, (m.metadata->>'part')::int LIMIT $2 FOR UPDATE SKIP LOCKED""", channel, limit)
+# claim_outbox -----------------------------------------------------------------------------------
+
+OUTBOX_CHANNEL = "crm_outbox"  # NOTIFY channel of migrations/0005_outbox_leases.sql
+MAX_WAIT_S = 25.0
+# Concurrent long-polls each hold one pooled connection while they LISTEN; beyond this share of
+# the pool a waiter polls instead, so waiting bridges can never starve the tools of connections.
+LISTEN_SHARE = 0.3
+POLL_S = 0.5
+_listeners: dict[int, anyio.Semaphore] = {}
+
+
+class ClaimOutboxInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    channel: Channel = Field(description="Claim replies waiting on this channel.")
+    limit: int = Field(default=10, ge=1, le=100, description="At most this many parts (1-100).")
+    lease_s: float = Field(
+        default=60, ge=5, le=3600,
+        description="Seconds the claim holds (5-3600). Report each part with update_delivery_status before then; "
+                    "an unreported part is claimable again after the lease.")
+    wait_s: float = Field(
+        default=0, ge=0, le=MAX_WAIT_S,
+        description=f"Long-poll: when nothing is waiting, wait up to this many seconds (0-{MAX_WAIT_S:g}) for a new reply.")
+
+
+class ClaimedPart(Out):
+    message_id: str = Field(description="Report delivery of this part with update_delivery_status(message_id=...).")
+    channel: Channel
+    recipient: str = Field(description="Address or number to deliver to.")
+    text: str = Field(description="Exactly what to send.")
+    ticket_number: str | None
+    conversation_id: str
+    thread_ref: str | None = Field(default=None, description="The channel's thread id to reply in (email threadId).")
+    part: int = Field(description="0-based part number of a split reply.")
+    parts: int
+    attempt: int = Field(description="1 on the first claim; higher when an earlier claim's lease lapsed without a report.")
+
+
+class ClaimOutboxResult(Out):
+    parts: list[ClaimedPart] = Field(description="Oldest first. Empty when nothing was waiting within wait_s.")
+    lease_until: datetime | None = Field(description="The claim holds until then.")
+
+
+CLAIM_SQL = """
+WITH c AS (
+    SELECT id FROM messages
+    WHERE channel = $1 AND delivery_status = 'pending' AND (lease_until IS NULL OR lease_until < now())
+    ORDER BY created_at, (metadata->>'part')::int
+    LIMIT $2 FOR UPDATE SKIP LOCKED
+)
+UPDATE messages m SET lease_until = now() + make_interval(secs => $3), delivery_attempts = m.delivery_attempts + 1
+FROM c WHERE m.id = c.id
+RETURNING m.*, (SELECT ticket_number FROM tickets t WHERE t.id = m.ticket_id) AS ticket_number
+"""
+
+
+async def _claim(conn: asyncpg.Connection, args: ClaimOutboxInput) -> ClaimOutboxResult:
+    rows = await conn.fetch(CLAIM_SQL, args.channel, args.limit, float(args.lease_s))
+    rows = sorted(rows, key=lambda r: (r["created_at"], int(r["metadata"].get("part", 0))))
+    parts = [ClaimedPart(
+        message_id=str(r["id"]), channel=r["channel"], recipient=r["metadata"].get("recipient", ""), text=r["content"],
+        ticket_number=r["ticket_number"], conversation_id=str(r["conversation_id"]), thread_ref=r["thread_ref"],
+        part=int(r["metadata"].get("part", 0)), parts=int(r["metadata"].get("parts", 1)), attempt=r["delivery_attempts"],
+    ) for r in rows]
+    return ClaimOutboxResult(parts=parts, lease_until=rows[0]["lease_until"] if rows else None)
+
+
+async def _claim_now(crm: Crm, args: ClaimOutboxInput) -> ClaimOutboxResult:
+    async with crm.tx() as conn:
+        return await _claim(conn, args)
+
+
+async def _next_lapse(conn: asyncpg.Connection, channel: str) -> float | None:
+    """Seconds until the next lease on this channel lapses (a lapse sends no notification)."""
+    return await conn.fetchval(
+        "SELECT greatest(extract(epoch FROM min(lease_until) - now()), 0)::float8 FROM messages "
+        "WHERE channel = $1 AND delivery_status = 'pending' AND lease_until IS NOT NULL", channel)
+
+
+def _listen_slots(pool: asyncpg.Pool) -> anyio.Semaphore:
+    slots = _listeners.get(id(pool))
+    if slots is None:
+        slots = _listeners[id(pool)] = anyio.Semaphore(max(1, int(pool.get_max_size() * LISTEN_SHARE)))
+    return slots
+
+
+@crm_tool(name="claim_outbox", title="Claim outbox", toolset="conversations", read_only=False, destructive=False, idempotent=False)
+async def claim_outbox(crm: Crm, args: ClaimOutboxInput) -> ClaimOutboxResult:
+    """For channel bridges: claim replies waiting to be delivered on a channel, oldest first, with
+    a lease. Two bridges never get the same part; a part whose lease lapses without a report (the
+    bridge crashed) is offered again, with attempt counting up. With wait_s the call waits for a
+    new reply (long-poll) and returns as soon as one is queued. Deliver each part, then report it
+    with update_delivery_status (sent or delivered with the provider's id, or failed with its reason)."""
+    deadline = anyio.current_time() + args.wait_s
+    got = await _claim_now(crm, args)
+    if got.parts or args.wait_s <= 0:
+        return got
+    slots = _listen_slots(crm.pool)
+    try:
+        slots.acquire_nowait()
+    except anyio.WouldBlock:
+        while not got.parts and anyio.current_time() < deadline:
+            await anyio.sleep(min(POLL_S, max(deadline - anyio.current_time(), 0)))
+            got = await _claim_now(crm, args)
+        return got
+    try:
+        async with crm.pool.acquire() as conn:
+            woke = anyio.Event()
+
+            def on_notify(_conn: Any, _pid: int, _chan: str, payload: str) -> None:
+                if payload == args.channel:
+                    woke.set()
+
+            await conn.add_listener(OUTBOX_CHANNEL, on_notify)
+            try:
+                while True:
+                    # A fresh event before each claim, and the claim after LISTEN: a reply committed
+                    # at any point after the first claim either is claimed here or sets the event.
+                    woke = anyio.Event()
+                    async with conn.transaction():
+                        got = await _claim(conn, args)
+                    left = deadline - anyio.current_time()
+                    if got.parts or left <= 0:
+                        break
+                    lapse = await _next_lapse(conn, args.channel)
+                    with anyio.move_on_after(min(left, lapse + 0.05) if lapse is not None else left):
+                        await woke.wait()
+            finally:
+                await conn.remove_listener(OUTBOX_CHANNEL, on_notify)
+    finally:
+        slots.release()
+    return got
 
 
 # get_conversation -------------------------------------------------------------------------------
@@ -305,3 +440,61 @@ async def get_conversation(crm: Crm, args: GetConversationInput) -> GetConversat
         initial_channel=conv["initial_channel"], current_channel=conv["current_channel"],
         channel_switches=conv["channel_switches"], sentiment=conv["sentiment"], started_at=conv["started_at"],
         last_activity_at=conv["last_activity_at"], ticket_numbers=tickets, messages=msgs, next_cursor=nxt)
+
+
+# get_ticket_updates -----------------------------------------------------------------------------
+
+
+class TicketUpdatesInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ticket_number: TicketNumber = Field(description="The customer's ticket (TKT-0042).")
+    conversation_id: ConversationId = Field(description="The conversation the ticket belongs to (UUID): both must match.")
+    limit: int = Field(default=100, ge=1, le=200, description="At most this many of the latest messages (1-200).")
+
+
+class TicketUpdate(Out):
+    message_id: str
+    at: datetime
+    channel: Channel
+    direction: Literal["inbound", "outbound"]
+    role: Literal["customer", "agent", "human"]
+    content: str = Field(description="The customer's own text is wrapped in <untrusted-customer-content> tags.")
+    subject: str | None = None
+    delivery_status: DeliveryStatus | None = Field(default=None, description="Replies only.")
+
+
+class TicketUpdatesResult(Out):
+    ticket_number: str
+    status: str
+    subject: str = Field(description="Wrapped in <untrusted-customer-content> tags (customer-written).")
+    created_at: datetime
+    updated_at: datetime
+    messages: list[TicketUpdate] = Field(description="Oldest first: the customer's messages and the replies, no internal notes.")
+
+
+@crm_tool(name="get_ticket_updates", title="Get ticket updates", toolset="conversations", read_only=True, destructive=False, idempotent=True)
+async def get_ticket_updates(crm: Crm, args: TicketUpdatesInput) -> TicketUpdatesResult:
+    """What the customer may see of their own ticket, for a bridge's status page: the ticket's
+    status and the conversation's messages in order (the customer's messages and the replies with
+    their delivery status; no internal notes, no other customer data). Needs both ticket_number
+    and conversation_id, and they must belong together. For staff views use get_ticket."""
+    async with crm.pool.acquire() as conn:
+        ticket = await conn.fetchrow(
+            "SELECT * FROM tickets WHERE ticket_number = $1 AND conversation_id = $2", args.ticket_number, args.conversation_id)
+        if ticket is None:
+            # One answer for both cases: which half was wrong is not told.
+            raise NotFound(f"No ticket {args.ticket_number} in that conversation.",
+                           hint="Pass the ticket_number and conversation_id that ingest_message returned together.")
+        rows = await conn.fetch(
+            """SELECT * FROM (SELECT * FROM messages WHERE conversation_id = $1 AND role IN ('customer', 'agent', 'human')
+                              ORDER BY created_at DESC, id DESC LIMIT $2) m ORDER BY created_at, id""",
+            args.conversation_id, args.limit)
+    msgs = [TicketUpdate(
+        message_id=str(r["id"]), at=r["created_at"], channel=r["channel"], direction=r["direction"], role=r["role"],
+        content=untrusted(r["content"], source=r["channel"]) if r["role"] == "customer" else r["content"],
+        subject=untrusted(r["subject"], source=r["channel"]) if r["subject"] and r["role"] == "customer" else r["subject"],
+        delivery_status=r["delivery_status"]) for r in rows]
+    return TicketUpdatesResult(
+        ticket_number=ticket["ticket_number"], status=ticket["status"],
+        subject=untrusted(ticket["subject"], source=ticket["source_channel"]),
+        created_at=ticket["created_at"], updated_at=ticket["updated_at"], messages=msgs)

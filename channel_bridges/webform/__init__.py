@@ -1,0 +1,1 @@
+"""The web form bridge."""

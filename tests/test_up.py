@@ -1,0 +1,91 @@
+"""`crm-mcp up`: one command runs the desk. It mints tokens, starts the MCP HTTP server (locked:
+401 without a token) and the web form, prints where each listens, restarts a component that dies,
+and on SIGINT stops everything and revokes the tokens it minted."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+
+from .conftest import REPO, server_env
+from .webform_helpers import SECRET, TICKET_RE, free_port, good_form, open_form
+
+pytestmark = pytest.mark.anyio
+LISTEN = re.compile(r"crm-mcp up: (\S+)\s+(http://\S+)")
+
+
+def _children_matching(text: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if text in cmd:
+                pids.append(int(entry.name))
+    return pids
+
+
+def _read_until(proc: subprocess.Popen, want: dict[str, str], names: set[str], timeout: float, lines: list[str]) -> None:
+    deadline = time.monotonic() + timeout
+    while not names <= set(want):
+        assert time.monotonic() < deadline, f"components not up in {timeout:.0f} s: {lines}"
+        assert proc.poll() is None, f"crm-mcp up exited: {lines}"
+        line = proc.stdout.readline()  # type: ignore[union-attr]
+        lines.append(line.rstrip())
+        if m := LISTEN.search(line):
+            want[m.group(1)] = m.group(2)
+
+
+async def test_up_runs_the_desk_restarts_a_dead_component_and_stops_cleanly(db_dsn: str) -> None:
+    port, wf_port = free_port(), free_port()
+    env = server_env(db_dsn, CRM_WEBFORM_SECRET=SECRET, CRM_LOG_LEVEL="WARNING")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "crm_mcp.server.cli", "up", "--port", str(port), "--webform-port", str(wf_port)],
+        env=env, cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    lines: list[str] = []
+    try:
+        urls: dict[str, str] = {}
+        _read_until(proc, urls, {"mcp-server", "webform"}, 120, lines)
+        assert urls["mcp-server"] == f"http://127.0.0.1:{port}/mcp"
+        with httpx.Client(timeout=30) as browser:
+            # the MCP door is locked: no token, 401 with the metadata pointer
+            locked = browser.post(urls["mcp-server"], json={"jsonrpc": "2.0", "id": 1, "method": "ping"})
+            assert locked.status_code == 401 and "resource_metadata" in locked.headers["www-authenticate"]
+            # the web form reaches the CRM with the token up minted for it
+            base = urls["webform"].rstrip("/")
+            done = browser.post(f"{base}/", data=good_form(open_form(browser, base)))
+            assert done.status_code == 200 and TICKET_RE.search(done.text), done.text
+
+            # kill the web form: the supervisor starts it again
+            [victim] = _children_matching(f"webform --host 127.0.0.1 --port {wf_port}")
+            os.kill(victim, signal.SIGKILL)
+            again: dict[str, str] = {}
+            _read_until(proc, again, {"webform"}, 90, lines)
+            assert any("restart 1" in ln for ln in lines[-3:]), lines
+            assert browser.get(f"{base}/healthz").status_code == 200
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, lines
+    assert not _children_matching(f"--port {wf_port}") and not _children_matching(f"--port {port}"), "children left running"
+    conn = await asyncpg.connect(db_dsn)
+    try:
+        tokens = await conn.fetch("SELECT name, role, revoked_at FROM api_tokens WHERE name LIKE 'up-%'")
+    finally:
+        await conn.close()
+    assert tokens and all(t["role"] == "bridge" and t["revoked_at"] is not None for t in tokens), tokens
