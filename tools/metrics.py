@@ -96,26 +96,26 @@ class Rate(Out):
 class Spread(Out):
     median: float | None
     p90: float | None
-    samples: int = Field(description="How many values the median and p90 are computed from; 0 means no data (both null).")
+    samples: int = Field(description="Values behind median and p90; 0: no data (both null).")
 
 
 class ChannelMetrics(Out):
     channel: Channel | Literal["total"]
     conversations: int = Field(description="Conversations started in the period.")
     messages_in: int = Field(description="Inbound customer messages.")
-    messages_out: int = Field(description="Outbound replies by the AI agent or staff (system notices excluded).")
+    messages_out: int = Field(description="Replies by the agent or staff (no system notices).")
     tickets_opened: int
-    tickets_resolved: int = Field(description="Tickets moved to resolved in the period (once per ticket).")
+    tickets_resolved: int = Field(description="Tickets resolved in the period (once each).")
     tickets_escalated_in_period: int = Field(
         description="Tickets that entered escalated during the period, whenever they were opened (once per ticket).")
     opened_tickets_escalation_rate: Rate = Field(
         description="Of the tickets opened in the period, the share escalated by its end: escalated / tickets_opened.")
     avg_sentiment: float | None = Field(description="Mean sentiment of inbound messages, -1..1.")
-    first_response_s: Spread = Field(description="Seconds from ticket creation to first reply, tickets opened in the period.")
+    first_response_s: Spread = Field(description="Seconds from ticket creation to first reply (tickets opened in the period).")
     resolution_s: Spread = Field(description="Seconds from ticket creation to resolution, tickets resolved in the period.")
-    response_latency_ms: Spread = Field(description="Milliseconds from the customer's latest message to a reply, replies sent in the period.")
+    response_latency_ms: Spread = Field(description="Milliseconds from the customer's latest message to the reply (replies in the period).")
     ai_resolution_rate: Rate = Field(
-        description="Tickets resolved in the period whose conversation had no human (staff) reply / tickets resolved in the period.")
+        description="Resolved tickets with no staff reply / tickets resolved in the period.")
     csat: Rate = Field(description="Ratings of 4 or 5 / all ratings given in the period (record_feedback).")
 
 
@@ -293,8 +293,8 @@ class RecordFeedbackInput(BaseModel):
     ticket_number: TicketNumber | None = Field(
         default=None, description="Rate the handling of this ticket (TKT-0042). Give this or message_id."
     )
-    rating: int = Field(ge=1, le=5, description="Customer satisfaction, 1 (very unhappy) to 5 (very happy); 4 and 5 count as satisfied.")
-    comment: Text | None = Field(default=None, max_length=2000, description="The customer's own words about the rating, optional.")
+    rating: int = Field(ge=1, le=5, description="1 (very unhappy) to 5 (very happy); 4-5 count as satisfied.")
+    comment: Text | None = Field(default=None, max_length=2000, description="The customer's own words, optional.")
 
     @model_validator(mode="after")
     def _target(self) -> RecordFeedbackInput:
@@ -313,7 +313,7 @@ class FeedbackResult(Out):
     channel: Channel | None
     rating: int
     comment: str | None = Field(description="As stored (customer-written, wrapped as untrusted).")
-    replaced: bool = Field(description="True when this replaced an earlier rating of the same message or ticket.")
+    replaced: bool = Field(description="True when an earlier rating of the same target was replaced.")
     previous_rating: int | None = Field(description="The rating that was replaced, if any.")
     recorded_at: datetime
 
@@ -355,10 +355,9 @@ async def _message_target(conn: asyncpg.Connection, mid: uuid.UUID) -> asyncpg.R
 @crm_tool(name="record_feedback", title="Record customer feedback", toolset="metrics", read_only=False, destructive=False, idempotent=True)
 async def record_feedback(crm: Crm, args: RecordFeedbackInput) -> FeedbackResult:
     """Store a customer's satisfaction rating (1-5, optional comment) for one outbound reply
-    (message_id) or a ticket overall (ticket_number); customer, ticket and channel come from the
-    target. Ratings 4-5 count as satisfied in get_metrics' CSAT. Rating the same target again
-    replaces the earlier rating (replaced=true), so retries are safe. Complaints that need action
-    belong in a ticket."""
+    (message_id) or a whole ticket (ticket_number). Ratings 4-5 count as satisfied in get_metrics'
+    CSAT. Rating the same target again replaces the earlier rating, so retries are safe. Complaints
+    that need action belong in a ticket."""
     comment = args.comment or ""
     async with crm.tx() as conn:
         if args.message_id is not None:

@@ -504,9 +504,9 @@ async def escalate(conn: asyncpg.Connection, row: asyncpg.Record, reason: str, p
 @crm_tool(name="escalate_to_human", title="Escalate to human", toolset="tickets", read_only=False, destructive=False, idempotent=True)
 async def escalate_to_human(crm: Crm, args: EscalateInput) -> EscalateResult:
     """Hand a ticket to human support: ticket and conversation become 'escalated', a system note
-    is added and the escalation is counted once. Use it when ingest_message suggests escalation,
-    the customer asks for a person, or the knowledge base has no answer. Repeating it changes
-    nothing; a resolved or closed ticket must be reopened with update_ticket first."""
+    is added and the escalation counted once. Use it when escalation is suggested, the customer asks
+    for a person, or the knowledge base has no answer. Repeating it changes nothing; a resolved or
+    closed ticket must be reopened (update_ticket) first."""
     async with crm.tx() as conn:
         row = await fetch_ticket(conn, args.ticket_number, for_update=True)
         done = await escalate(conn, row, args.reason, args.priority, "escalate_to_human")
