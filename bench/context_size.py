@@ -162,6 +162,10 @@ async def measure(params: Any) -> dict[str, Any]:
             raise RuntimeError("tools/list is paginated; this benchmark reads one page only")
         items["tools/list message"] = size(responses[-1])
         items["tools/list result"] = size(listed.model_dump_json(by_alias=True, exclude_none=True))
+        if BASELINE.exists():  # the same tools as the baseline: later tools are new weight, not growth
+            before = set(json.loads(BASELINE.read_text()).get("tools", {}))
+            same = listed.model_copy(update={"tools": [t for t in listed.tools if t.name in before]})
+            items["tools/list result, baseline's tools"] = size(same.model_dump_json(by_alias=True, exclude_none=True))
         per_tool: dict[str, dict[str, int]] = {}
         for t in listed.tools:
             per_tool[t.name] = {
@@ -234,7 +238,8 @@ def compare(now: dict[str, Any], baseline: dict[str, Any] | None) -> list[dict[s
     before = (baseline or {}).get("items", {})
     out = []
     for name, m in now["items"].items():
-        b = before.get(name, {})
+        # "tools/list result, baseline's tools" compares with the whole list measured before
+        b = before.get(name) or before.get(name.split(",")[0], {})
         out.append({"item": name, "bytes_before": b.get("bytes"), "bytes_now": m["bytes"],
                     "bytes_ratio": _ratio(m["bytes"], b.get("bytes")), "tokens_before": b.get("tokens"),
                     "tokens_now": m["tokens"], "tokens_ratio": _ratio(m["tokens"], b.get("tokens")),
