@@ -22,7 +22,7 @@ from crm_mcp.channel_bridges.retry import Backoff, parse_retry_after
 from crm_mcp.channel_bridges.runtime import Bridge
 
 from .conftest import REPO, call, mcp_client, server_env
-from .webform_helpers import crm_http, free_port
+from .webform_helpers import TOKENS, bridge_token, crm_http, free_port
 
 pytestmark = pytest.mark.anyio
 
@@ -134,7 +134,9 @@ async def test_transient_failures_retry_honouring_retry_after_and_permanent_ones
 
 async def test_ingest_waits_out_an_unreachable_crm_and_reconnects(db_dsn: str, tmp_path: Path) -> None:
     port = free_port()
-    bridge = Bridge(channel="web_form", deliver=lambda p: None, target=CrmTarget(server_url=f"http://127.0.0.1:{port}/mcp"),  # type: ignore[arg-type,return-value]
+    url = f"http://127.0.0.1:{port}/mcp"
+    TOKENS[db_dsn, url] = token = bridge_token(db_dsn, f"test-bridge-{port}")  # minted before the server is up
+    bridge = Bridge(channel="web_form", deliver=lambda p: None, target=CrmTarget(server_url=url, token=token),  # type: ignore[arg-type,return-value]
                     ingest_timeout_s=90, backoff=Backoff(base_s=0.2, cap_s=1))
     result: dict = {}
     async with bridge.connected():
@@ -162,7 +164,7 @@ def _lines(path: Path) -> list[tuple[str, str]]:
 
 def _child(url: str, dsn: str, log: Path, **env: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", CHILD], cwd=str(REPO),
-                            env=server_env(dsn, CRM_SERVER_URL=url, CHANNEL_LOG=str(log), **env),
+                            env=server_env(dsn, CRM_SERVER_URL=url, CRM_TOKEN=TOKENS[dsn, url], CHANNEL_LOG=str(log), **env),
                             stdout=subprocess.DEVNULL, stderr=open(log.with_suffix(".stderr"), "ab"))
 
 

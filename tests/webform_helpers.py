@@ -53,16 +53,31 @@ def _stop(proc: subprocess.Popen, log: Path | None = None) -> None:
             proc.wait()
 
 
+# The CRM's HTTP door needs a token: each server started here gets a `bridge` token, minted with
+# the real CLI, which the bridges under test present (CRM_TOKEN / CrmTarget.token).
+TOKENS: dict[tuple[str, str], str] = {}  # (database, MCP URL) -> token
+
+
+def bridge_token(dsn: str, name: str) -> str:
+    out = subprocess.run([sys.executable, "-m", "crm_mcp.server.cli", "token", "create", "--role", "bridge", "--name", name],
+                         env=server_env(dsn), cwd=str(REPO), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip().splitlines()[-1]
+
+
 @contextmanager
 def crm_http(dsn: str, tmp: Path, port: int | None = None) -> Iterator[str]:
     port = port or free_port()
+    url = f"http://127.0.0.1:{port}/mcp"
+    if (dsn, url) not in TOKENS:
+        TOKENS[dsn, url] = bridge_token(dsn, f"test-bridge-{port}")
     log = open(tmp / f"crm-{port}.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "crm_mcp.server.cli", "serve", "--http", "--port", str(port)],
                             env=server_env(dsn), cwd=str(REPO), stdout=log, stderr=log)
     try:
         # the MCP endpoint answers a bare GET with an error status: any answer means it is up
-        _wait_http(f"http://127.0.0.1:{port}/mcp", proc, ok=range(200, 500))
-        yield f"http://127.0.0.1:{port}/mcp"
+        _wait_http(url, proc, ok=range(200, 500))
+        yield url
     finally:
         _stop(proc)
         log.close()
@@ -75,6 +90,8 @@ def start_webform(server_url: str | None, dsn: str, tmp: Path, *, refresh: int =
     if server_url:
         args += ["--server", server_url]
     log = open(tmp / f"webform-{port}.log", "ab")
+    if server_url and (dsn, server_url) in TOKENS:
+        env.setdefault("CRM_TOKEN", TOKENS[dsn, server_url])
     proc = subprocess.Popen(args, env=server_env(dsn, CRM_WEBFORM_SECRET=SECRET, **env), cwd=str(REPO),
                             stdout=log, stderr=log)
     base = f"http://127.0.0.1:{port}"
