@@ -199,3 +199,26 @@ async def test_an_agent_killed_mid_turn_is_replaced_and_the_customer_gets_one_re
             assert took < 12, f"the work came back {took:.1f} s after the kill (lease 5 s)"
             turns = [t for t in agent_log(rescuer) if t["event"] == "agent_turn" and t["message_id"] == ing["message_id"]]
             assert len(turns) == 1 and turns[0]["attempt"] == 2 and turns[0]["decision"] == "answered"
+
+
+async def test_a_tool_error_fails_closed_into_an_escalation_with_the_holding_reply(demo_dsn: str) -> None:
+    tokens = {r: await make_token(demo_dsn, f"agent-fail-{r}-{uuid.uuid4().hex[:6]}", r) for r in ("admin", "bridge", "agent")}
+    conn = await asyncpg.connect(demo_dsn)
+    # web-form replies capped so low that the knowledge-base answer is refused by send_response,
+    # while the short holding reply still fits
+    await conn.execute("UPDATE channel_configs SET max_response_length = 300 WHERE channel = 'web_form'")
+    try:
+        async with http_server(demo_dsn) as srv:
+            with agent_process(srv.url, tokens["agent"], "--wait-s", "5") as agent:
+                async with bearer_client(srv.url, tokens["bridge"]) as bridge, bearer_client(srv.url, tokens["admin"]) as staff:
+                    ing = await ask(bridge, "capped@example.com", "How do I reset my password? I forgot it.")
+                    replies = await agent_replies(staff, ing["conversation"]["conversation_id"])
+                    ticket = await ticket_status(staff, ing["ticket"]["ticket_number"])
+        assert len(replies) == 1 and HOLDING_REPLY in replies[0]["content"]
+        assert ticket["status"] == "escalated" and "tool error" in ticket["escalation_reason"]
+        turns = [t for t in agent_log(agent) if t.get("message_id") == ing["message_id"]]
+        assert [t["event"] for t in turns] == ["agent_tool_error", "agent_turn"], turns
+        assert turns[-1]["decision"] == "escalated_error"
+    finally:
+        await conn.execute("UPDATE channel_configs SET max_response_length = 1000 WHERE channel = 'web_form'")
+        await conn.close()
