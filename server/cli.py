@@ -92,6 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
     wf.add_argument("--token", help="bearer token with the bridge role (env CRM_TOKEN)")
     wf.add_argument("--refresh", type=int, default=10, help="seconds between status page refreshes (default 10)")
 
+    agent = sub.add_parser("agent", help="run the offline answering agent (an MCP client of this CRM, role agent)")
+    agent.add_argument("--server", help="CRM MCP endpoint, e.g. http://127.0.0.1:8000/mcp (env CRM_SERVER_URL); "
+                       "default: start `crm-mcp serve --role agent` over stdio on the local data directory")
+    agent.add_argument("--token", help="bearer token with the agent role (env CRM_TOKEN)")
+    agent.add_argument("--lease-s", type=float, default=120.0, help="seconds a claimed conversation is held (default 120)")
+    agent.add_argument("--wait-s", type=float, default=20.0, help="long-poll seconds per claim (default 20)")
+    agent.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="env CRM_LOG_LEVEL")
+    agent.add_argument("--turn-delay-s", type=float, default=0.0, help=argparse.SUPPRESS)  # tests: kill mid-turn
+
     db = sub.add_parser("db", help="database utilities")
     dbsub = db.add_subparsers(dest="db_command", required=True)
     st = dbsub.add_parser("status", help="where the data is, schema versions and row counts")
@@ -163,6 +172,11 @@ def main(argv: list[str] | None = None) -> None:
 
             webform(port=ns.port, host=ns.host, server=ns.server, token=ns.token, refresh_s=ns.refresh,
                     log_level=settings.log_level)
+        elif ns.command == "agent":
+            from crm_mcp.channel_bridges.agent import main as agent
+
+            agent(server=ns.server, token=ns.token, lease_s=ns.lease_s, wait_s=ns.wait_s,
+                  turn_delay_s=ns.turn_delay_s, log_level=settings.log_level)
         elif ns.command == "migrate":
             anyio.run(_migrate, settings)
         elif ns.command == "seed-demo":

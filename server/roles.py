@@ -36,6 +36,7 @@ EXTRA_ROLES: dict[str, frozenset[Role]] = {
     "create_ticket": frozenset({"agent"}),
     "update_ticket": frozenset({"agent"}),
     "escalate_to_human": frozenset({"agent"}),
+    "claim_inbound": frozenset({"agent"}),  # the agent's work queue
     "ingest_message": frozenset({"bridge"}),
     "update_delivery_status": frozenset({"bridge"}),
     "claim_outbox": frozenset({"bridge"}),

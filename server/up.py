@@ -4,7 +4,8 @@ It prepares the database (migrations, and the demo with --demo), mints a token f
 component that talks to the CRM over HTTP, then runs every component as its own process: the MCP
 HTTP server, the web form bridge, and each further bridge whose settings are present. A component
 that exits is restarted with exponential backoff; once it answers its health check its address is
-printed; Ctrl-C or SIGTERM stops everything. Tokens are handed to children in the environment
+printed; Ctrl-C or SIGTERM stops everything. The offline answering agent (`crm-mcp agent`) runs
+as one more component with a token of the `agent` role. Tokens are handed to children in the environment
 (never on a command line, where `ps` shows them) and revoked when the desk stops."""
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ STOP_GRACE_S = 10.0
 class Component:
     name: str
     argv: list[str]
-    url: str  # where people (or other components) reach it
-    health: str  # polled until it answers 200
+    url: str  # where people (or other components) reach it; for a pure client, what it talks to
+    health: str | None  # polled until it answers 200; None: a client with no port (announced at start)
     env: dict[str, str] = field(default_factory=dict)
     restarts: int = 0
 
@@ -56,12 +57,18 @@ def plan(settings: Settings, *, webform_port: int, tokens: dict[str, str]) -> li
         Component("webform", _cli("bridge", "webform", "--host", host, "--port", str(webform_port)),
                   f"http://{host}:{webform_port}/", f"http://{host}:{webform_port}/healthz",
                   env={"CRM_SERVER_URL": mcp_url, "CRM_TOKEN": tokens["webform"]}),
+        Component("agent", _cli("agent"), mcp_url, None,
+                  env={"CRM_SERVER_URL": mcp_url, "CRM_TOKEN": tokens["agent"]}),
     ]
     return components
 
 
+# The role each component's token gets: the least that component needs.
+TOKEN_ROLES = {"webform": "bridge", "agent": "agent"}
+
+
 async def mint_tokens(settings: Settings, names: list[str]) -> dict[str, str]:
-    """One bridge token per component, named so `crm-mcp token list` shows where it came from."""
+    """One token per component (role from TOKEN_ROLES), named so `crm-mcp token list` shows where it came from."""
     from .app import prepare_database
     from .auth import create_token
     from .db import connect_once
@@ -70,7 +77,7 @@ async def mint_tokens(settings: Settings, names: list[str]) -> dict[str, str]:
     conn = await connect_once(dsn)
     try:
         stamp = f"{time.strftime('%Y%m%d%H%M%S')}-{secrets.token_hex(3)}"
-        return {n: await create_token(conn, f"up-{n}-{stamp}", "bridge") for n in names}
+        return {n: await create_token(conn, f"up-{n}-{stamp}", TOKEN_ROLES.get(n, "bridge")) for n in names}
     finally:
         await conn.close()
 
@@ -110,8 +117,11 @@ async def supervise(c: Component, *, say: Callable[[str], None]) -> None:
         async with await anyio.open_process(c.argv, env=env, stdin=subprocess.DEVNULL, stdout=None, stderr=None,
                                             start_new_session=True) as proc:
             try:
-                if await _wait_healthy(c.health, proc):
-                    say(f"{c.name:<11} {c.url}" + (f"  (restart {c.restarts})" if c.restarts else ""))
+                restart = f"  (restart {c.restarts})" if c.restarts else ""
+                if c.health is None:
+                    say(f"{c.name:<11} answering through {c.url}{restart}")
+                elif await _wait_healthy(c.health, proc):
+                    say(f"{c.name:<11} {c.url}{restart}")
                 code = await proc.wait()
             finally:
                 with anyio.CancelScope(shield=True):
@@ -144,10 +154,9 @@ async def run_up(settings: Settings, *, demo: bool, webform_port: int) -> None:
 
         async with open_crm(settings, background=False) as crm:
             await load_demo(crm)
-    tokens = await mint_tokens(settings, ["webform"])
+    tokens = await mint_tokens(settings, ["webform", "agent"])
     components = plan(settings, webform_port=webform_port, tokens=tokens)
     say("starting " + ", ".join(c.name for c in components) + "; Ctrl-C stops everything")
-    say("agent: not part of the desk yet (no answering agent is installed); replies come from staff tools")
     try:
         async with anyio.create_task_group() as tg:
 

@@ -175,6 +175,7 @@ def baseline(tool: str, ids: dict[str, str], u: str) -> dict[str, Any]:
         "update_delivery_status": {"message_id": ids["outbound_id"], "status": "delivered"},
         "get_conversation": {"conversation_id": ids["conversation_id"]},
         "claim_outbox": {"channel": "whatsapp", "limit": 1, "lease_s": 5},
+        "claim_inbound": {"lease_s": 5},
         "get_ticket_updates": {"ticket_number": t, "conversation_id": ids["conversation_id"]},
         "create_ticket": {"customer_id": c, "subject": "Billing question", "channel": "email"},
         "get_ticket": {"ticket_number": t},

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import anyio
 import asyncpg
 import httpx
 import pytest
@@ -57,6 +58,7 @@ async def test_up_runs_the_desk_restarts_a_dead_component_and_stops_cleanly(db_d
     try:
         urls: dict[str, str] = {}
         _read_until(proc, urls, {"mcp-server", "webform"}, 120, lines)
+        assert any(re.search(r"crm-mcp up: agent\s+answering through http://127\.0\.0\.1:%d/mcp" % port, ln) for ln in lines), lines
         assert urls["mcp-server"] == f"http://127.0.0.1:{port}/mcp"
         with httpx.Client(timeout=30) as browser:
             # the MCP door is locked: no token, 401 with the metadata pointer
@@ -66,6 +68,18 @@ async def test_up_runs_the_desk_restarts_a_dead_component_and_stops_cleanly(db_d
             base = urls["webform"].rstrip("/")
             done = browser.post(f"{base}/", data=good_form(open_form(browser, base)))
             assert done.status_code == 200 and TICKET_RE.search(done.text), done.text
+            # the desk's agent (its own minted token, role agent) answers the customer
+            number = TICKET_RE.search(done.text).group(1)
+            conn = await asyncpg.connect(db_dsn)
+            try:
+                deadline = time.monotonic() + 60
+                while not await conn.fetchval(
+                        "SELECT count(*) FROM messages m JOIN tickets t ON t.conversation_id = m.conversation_id "
+                        "WHERE t.ticket_number = $1 AND m.role = 'agent'", number):
+                    assert time.monotonic() < deadline, f"the desk's agent did not answer {number}: {lines}"
+                    await anyio.sleep(0.2)
+            finally:
+                await conn.close()
 
             # kill the web form: the supervisor starts it again
             [victim] = _children_matching(f"webform --host 127.0.0.1 --port {wf_port}")
@@ -88,4 +102,7 @@ async def test_up_runs_the_desk_restarts_a_dead_component_and_stops_cleanly(db_d
         tokens = await conn.fetch("SELECT name, role, revoked_at FROM api_tokens WHERE name LIKE 'up-%'")
     finally:
         await conn.close()
-    assert tokens and all(t["role"] == "bridge" and t["revoked_at"] is not None for t in tokens), tokens
+    # each component's token has the least role it needs: bridge for the form, agent for the agent
+    assert tokens and all(t["role"] == ("agent" if t["name"].startswith("up-agent-") else "bridge")
+                          and t["revoked_at"] is not None for t in tokens), tokens
+    assert {t["role"] for t in tokens} == {"bridge", "agent"}, tokens

@@ -1,0 +1,159 @@
+"""`crm-mcp agent`: the offline answering agent, an MCP client of the CRM with the `agent` role.
+
+One loop: claim_inbound (long-poll) -> when the escalation rules say so (legal threat, refund or
+pricing dispute, a request for a person, very negative sentiment, repeated unanswered questions)
+escalate_to_human and send the holding reply; otherwise search_knowledge_base with the customer's
+text and, when the best hit is labelled relevant, send_response with its passage and source;
+otherwise escalate with the holding reply. No model: the words sent are fixed text and knowledge
+base passages (agent_policy.py), never customer text or customer records.
+
+Fail closed: a tool error the agent cannot resolve ends in an escalation and the holding reply.
+When the CRM cannot be reached the turn is abandoned: the lease lapses and the work returns to
+the queue for this or another agent. Replies carry idempotency_key 'agent:<message_id>', so a
+turn repeated after a lapse never sends twice. Several agents can run at once (the queue leases).
+Each turn is one log line with ids, the decision, the article used and the latency."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+
+from .agent_policy import HOLDING_REPLY, Decision, compose_answer, customer_text, rule_reason
+from .connection import CrmConnection, CrmRejected, CrmTarget, CrmUnavailable
+from .logs import configure, event
+from .retry import Backoff
+
+log = logging.getLogger("crm_mcp.agent")
+
+QUERY_CHARS = 2000  # search_knowledge_base's query limit
+
+
+@dataclass
+class AgentStats:
+    turns: int = 0
+    answered: int = 0
+    escalated: int = 0
+    abandoned: int = 0
+
+
+@dataclass
+class Agent:
+    target: CrmTarget
+    lease_s: float = 120.0
+    wait_s: float = 20.0
+    # Test hook: pause after a claim, so a test can kill the agent mid-turn. Never set in production.
+    turn_delay_s: float = 0.0
+    stats: AgentStats = field(default_factory=AgentStats)
+    _stop: anyio.Event = field(default_factory=anyio.Event)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        backoff = Backoff(base_s=0.5, cap_s=15.0)
+        failures = 0
+        async with CrmConnection(self.target) as crm:
+            while not self._stop.is_set():
+                try:
+                    got = await crm.call("claim_inbound", timeout_s=self.wait_s + 30, lease_s=self.lease_s, wait_s=self.wait_s)
+                except CrmUnavailable as exc:
+                    failures += 1
+                    event(log, "claim_unavailable", logging.WARNING, error=str(exc)[:200])
+                    await anyio.sleep(backoff.delay(failures))
+                    continue
+                except CrmRejected as exc:  # a wrong token or role: nothing this process can fix by retrying fast
+                    failures += 1
+                    event(log, "claim_rejected", logging.ERROR, error=str(exc)[:300])
+                    await anyio.sleep(backoff.delay(failures))
+                    continue
+                failures = 0
+                work = got.get("work")
+                if work is not None:
+                    await self.turn(crm, work)
+
+    async def turn(self, crm: CrmConnection, work: dict[str, Any]) -> Decision | None:
+        started = time.perf_counter()
+        ids = {"message_id": work["message_id"], "conversation_id": work["conversation_id"],
+               "ticket_number": work["ticket_number"], "attempt": work.get("attempt")}
+        self.stats.turns += 1
+        if self.turn_delay_s:
+            await anyio.sleep(self.turn_delay_s)
+        article: str | None = None
+        reason = rule_reason(work)
+        try:
+            try:
+                if reason is None:
+                    search = await crm.call("search_knowledge_base", query=customer_text(work["text"])[:QUERY_CHARS] or "help")
+                    answer = compose_answer(search, work["channel"])
+                    if answer is not None:
+                        await self._reply(crm, work, answer.body)
+                        article = answer.article_id
+                        decision: Decision = "answered"
+                    else:
+                        await self._escalate(crm, work, "Agent found no relevant knowledge-base answer")
+                        decision = "escalated_no_answer"
+                else:
+                    await self._escalate(crm, work, reason)
+                    decision = "escalated_rule"
+            except CrmRejected as exc:
+                event(log, "agent_tool_error", logging.WARNING, **ids, error=str(exc)[:300])
+                await self._escalate(crm, work, "Agent could not complete the turn (tool error); needs a person")
+                decision = "escalated_error"
+        except CrmUnavailable as exc:
+            # Nothing half-sent can stay: replies are idempotent by message, so the next claim redoes the turn.
+            self.stats.abandoned += 1
+            event(log, "agent_turn_abandoned", logging.WARNING, **ids, error=str(exc)[:200])
+            return None
+        except CrmRejected as exc:  # even the escalation was refused: leave it to lapse for another try
+            self.stats.abandoned += 1
+            event(log, "agent_turn_abandoned", logging.ERROR, **ids, error=str(exc)[:300])
+            return None
+        if decision == "answered":
+            self.stats.answered += 1
+        else:
+            self.stats.escalated += 1
+        event(log, "agent_turn", **ids, decision=decision, article_id=article,
+              rules=[r["code"] for r in work.get("escalation_reasons") or []] or None,
+              latency_ms=round((time.perf_counter() - started) * 1000, 1))
+        return decision
+
+    async def _reply(self, crm: CrmConnection, work: dict[str, Any], body: str) -> dict[str, Any]:
+        return await crm.call("send_response", conversation_id=work["conversation_id"], body=body,
+                              idempotency_key=f"agent:{work['message_id']}")
+
+    async def _escalate(self, crm: CrmConnection, work: dict[str, Any], reason: str) -> None:
+        # Escalate first: should the holding reply then fail, a person still has the case.
+        await crm.call("escalate_to_human", ticket_number=work["ticket_number"], reason=reason)
+        await self._reply(crm, work, HOLDING_REPLY)
+
+
+async def serve(agent: Agent) -> None:
+    async with anyio.create_task_group() as tg:
+
+        async def watch() -> None:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for signum in signals:
+                    event(log, "stopping", signal=signal.Signals(signum).name)
+                    agent.stop()
+                    tg.cancel_scope.cancel()  # a turn in flight is dropped; its lease lapses back to the queue
+                    return
+
+        tg.start_soon(watch)
+        event(log, "agent_started", crm=agent.target.mode, lease_s=agent.lease_s)
+        await agent.run()
+        tg.cancel_scope.cancel()
+
+
+def main(*, server: str | None = None, token: str | None = None, lease_s: float = 120.0, wait_s: float = 20.0,
+         turn_delay_s: float = 0.0, log_level: str = "INFO") -> None:
+    configure(log_level)
+    target = CrmTarget.from_env(server, token)
+    if target.mode == "stdio":
+        # The spawned server gets only the agent's tools.
+        target = CrmTarget(serve_args=("--role", "agent"))
+    anyio.run(serve, Agent(target, lease_s=lease_s, wait_s=wait_s, turn_delay_s=turn_delay_s))
