@@ -160,7 +160,7 @@ async def test_an_agent_killed_mid_turn_is_replaced_and_the_customer_gets_one_re
     async with http_server(demo_dsn) as srv:
         async with bearer_client(srv.url, tokens["bridge"]) as bridge, bearer_client(srv.url, tokens["admin"]) as staff:
             # drain what the demo (and the test before) left waiting, so the doomed agent takes our message
-            with agent_process(srv.url, tokens["agent"], "--wait-s", "1") as drainer:
+            with agent_process(srv.url, tokens["agent"], "--wait-s", "1"):
                 conn = await asyncpg.connect(demo_dsn)
                 try:
                     with anyio.fail_after(60):
