@@ -12,7 +12,6 @@ long-polls on LISTEN/NOTIFY like claim_outbox (tools/replies.py)."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 import anyio
 import asyncpg
@@ -23,7 +22,7 @@ from crm_mcp.tools.engines.rules import EscalationCode, escalation_reasons
 from crm_mcp.tools.models import Out
 from crm_mcp.tools.plumbing.context import Crm
 from crm_mcp.tools.plumbing.registry import crm_tool
-from crm_mcp.tools.replies import POLL_S, _listen_slots
+from crm_mcp.tools.plumbing.longpoll import wait_for_work
 from crm_mcp.tools.vocabulary import Channel
 
 INBOUND_CHANNEL = "crm_inbound"  # NOTIFY channel of migrations/0006_agent_queue.sql
@@ -142,37 +141,7 @@ async def claim_inbound(crm: Crm, args: ClaimInboundInput) -> ClaimInboundResult
     got = await _claim_now(crm, args.lease_s)
     if got.work is not None or args.wait_s <= 0:
         return got
-    slots = _listen_slots(crm.pool)
-    try:
-        slots.acquire_nowait()
-    except anyio.WouldBlock:
-        while got.work is None and anyio.current_time() < deadline:
-            await anyio.sleep(min(POLL_S, max(deadline - anyio.current_time(), 0)))
-            got = await _claim_now(crm, args.lease_s)
-        return got
-    try:
-        async with crm.pool.acquire() as conn:
-            woke = anyio.Event()
-
-            def on_notify(_conn: Any, _pid: int, _chan: str, _payload: str) -> None:
-                woke.set()
-
-            await conn.add_listener(INBOUND_CHANNEL, on_notify)
-            try:
-                while True:
-                    # A fresh event before each claim, and the claim after LISTEN: a message
-                    # committed after the first claim either is claimed here or sets the event.
-                    woke = anyio.Event()
-                    async with conn.transaction():
-                        got = await _claim(conn, crm, args.lease_s)
-                    left = deadline - anyio.current_time()
-                    if got.work is not None or left <= 0:
-                        break
-                    lapse = await _next_lapse(conn)
-                    with anyio.move_on_after(min(left, lapse + 0.05) if lapse is not None else left):
-                        await woke.wait()
-            finally:
-                await conn.remove_listener(INBOUND_CHANNEL, on_notify)
-    finally:
-        slots.release()
-    return got
+    return await wait_for_work(
+        crm.pool, channel=INBOUND_CHANNEL, deadline=deadline,
+        claim_pooled=lambda: _claim_now(crm, args.lease_s), claim_on=lambda conn: _claim(conn, crm, args.lease_s),
+        found=lambda got: got.work is not None, next_lapse=_next_lapse)

@@ -18,6 +18,7 @@ import asyncpg
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from crm_mcp.tools.plumbing.context import Crm
+from crm_mcp.tools.plumbing.longpoll import wait_for_work
 from crm_mcp.tools.vocabulary import Channel, DeliveryStatus
 from crm_mcp.tools.plumbing.errors import Conflict, NotFound, UserError
 from crm_mcp.tools.engines.formatting import render_template, split_message, untrusted
@@ -257,12 +258,7 @@ async def update_delivery_status(crm: Crm, args: DeliveryInput) -> DeliveryResul
 # claim_outbox -----------------------------------------------------------------------------------
 
 OUTBOX_CHANNEL = "crm_outbox"  # NOTIFY channel of migrations/0005_outbox_leases.sql
-MAX_WAIT_S = 25.0
-# Concurrent long-polls each hold one pooled connection while they LISTEN; beyond this share of
-# the pool a waiter polls instead, so waiting bridges can never starve the tools of connections.
-LISTEN_SHARE = 0.3
-POLL_S = 0.5
-_listeners: dict[int, anyio.Semaphore] = {}
+MAX_WAIT_S = 25.0  # long-polls wait in tools/plumbing/longpoll.py
 
 
 class ClaimOutboxInput(BaseModel):
@@ -332,13 +328,6 @@ async def _next_lapse(conn: asyncpg.Connection, channel: str) -> float | None:
         "WHERE channel = $1 AND delivery_status = 'pending' AND lease_until IS NOT NULL", channel)
 
 
-def _listen_slots(pool: asyncpg.Pool) -> anyio.Semaphore:
-    slots = _listeners.get(id(pool))
-    if slots is None:
-        slots = _listeners[id(pool)] = anyio.Semaphore(max(1, int(pool.get_max_size() * LISTEN_SHARE)))
-    return slots
-
-
 @crm_tool(name="claim_outbox", title="Claim outbox", toolset="conversations", read_only=False, destructive=False, idempotent=False)
 async def claim_outbox(crm: Crm, args: ClaimOutboxInput) -> ClaimOutboxResult:
     """For channel bridges: claim replies waiting to be delivered on a channel, oldest first, with
@@ -350,41 +339,11 @@ async def claim_outbox(crm: Crm, args: ClaimOutboxInput) -> ClaimOutboxResult:
     got = await _claim_now(crm, args)
     if got.parts or args.wait_s <= 0:
         return got
-    slots = _listen_slots(crm.pool)
-    try:
-        slots.acquire_nowait()
-    except anyio.WouldBlock:
-        while not got.parts and anyio.current_time() < deadline:
-            await anyio.sleep(min(POLL_S, max(deadline - anyio.current_time(), 0)))
-            got = await _claim_now(crm, args)
-        return got
-    try:
-        async with crm.pool.acquire() as conn:
-            woke = anyio.Event()
-
-            def on_notify(_conn: Any, _pid: int, _chan: str, payload: str) -> None:
-                if payload == args.channel:
-                    woke.set()
-
-            await conn.add_listener(OUTBOX_CHANNEL, on_notify)
-            try:
-                while True:
-                    # A fresh event before each claim, and the claim after LISTEN: a reply committed
-                    # at any point after the first claim either is claimed here or sets the event.
-                    woke = anyio.Event()
-                    async with conn.transaction():
-                        got = await _claim(conn, args)
-                    left = deadline - anyio.current_time()
-                    if got.parts or left <= 0:
-                        break
-                    lapse = await _next_lapse(conn, args.channel)
-                    with anyio.move_on_after(min(left, lapse + 0.05) if lapse is not None else left):
-                        await woke.wait()
-            finally:
-                await conn.remove_listener(OUTBOX_CHANNEL, on_notify)
-    finally:
-        slots.release()
-    return got
+    return await wait_for_work(
+        crm.pool, channel=OUTBOX_CHANNEL, deadline=deadline,
+        claim_pooled=lambda: _claim_now(crm, args), claim_on=lambda conn: _claim(conn, args),
+        found=lambda got: bool(got.parts), next_lapse=lambda conn: _next_lapse(conn, args.channel),
+        wanted=lambda payload: payload == args.channel)
 
 
 # get_conversation -------------------------------------------------------------------------------
