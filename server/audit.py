@@ -42,28 +42,13 @@ def note_failure(exc: BaseException) -> None:
 
 
 def failure_kind(exc: BaseException) -> str:
-    from pydantic import ValidationError
+    from crm_mcp.tools.plumbing.errors import Conflict, InvalidArguments, NotFound, Unavailable, UserError
 
-    from crm_mcp.tools.plumbing.errors import Conflict, NotFound, Unavailable, UserError
-
-    # The SDK wraps what a tool raised in ToolError("Error executing tool ...") from the original.
-    inner: BaseException | None = exc
-    for _ in range(5):
-        if inner is None or isinstance(inner, UserError | Unavailable) or not isinstance(inner, ToolError):
-            break
-        inner = inner.__cause__
-    if inner is not None and isinstance(inner, UserError | Unavailable):
-        exc = inner
-    if isinstance(exc, NotFound):
-        return "not_found"
-    if isinstance(exc, Conflict):
-        return "conflict"
-    if isinstance(exc, Unavailable):
-        return "unavailable"
-    if isinstance(exc, UserError):
-        return "invalid_arguments" if str(exc).startswith("Invalid arguments") else "user_error"
-    if isinstance(exc, ToolError):
-        return "invalid_arguments" if isinstance(exc.__cause__, ValidationError) else "tool_error"
+    # Tools raise these unwrapped (server/registration.py CrmTool.run), so the class says it all.
+    for kind, name in ((InvalidArguments, "invalid_arguments"), (NotFound, "not_found"), (Conflict, "conflict"),
+                       (Unavailable, "unavailable"), (UserError, "user_error"), (ToolError, "tool_error")):
+        if isinstance(exc, kind):
+            return name
     return "internal"
 
 

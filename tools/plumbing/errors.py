@@ -17,6 +17,10 @@ class UserError(ToolError):
         super().__init__(f"{message} {hint}".strip() if hint else message)
 
 
+class InvalidArguments(UserError):
+    """The arguments do not fit the tool's input model (the one validation, ToolSpec.run)."""
+
+
 class NotFound(UserError):
     pass
 

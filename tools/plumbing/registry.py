@@ -22,7 +22,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 from pydantic import BaseModel, ValidationError
 
-from crm_mcp.tools.plumbing.errors import Unavailable, UserError
+from crm_mcp.tools.plumbing.errors import InvalidArguments, Unavailable
 from crm_mcp.tools.plumbing.schema import compact_schema
 from crm_mcp.tools.engines.formatting import strip_control_chars
 
@@ -59,7 +59,7 @@ class ToolSpec:
         try:
             args = self.input_model.model_validate(clean_strings(arguments), context=validation_context(crm))
         except ValidationError as exc:
-            raise UserError(format_validation_error(self.name, exc)) from None
+            raise InvalidArguments(format_validation_error(self.name, exc)) from None
         try:
             async with within_deadline(crm):
                 return await self.handler(crm, args)
