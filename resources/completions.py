@@ -11,16 +11,13 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import asyncpg
-from mcp.shared.exceptions import MCPError
-from mcp_types import INTERNAL_ERROR, Completion, CompletionArgument, CompletionContext, PromptReference, ResourceTemplateReference
+from mcp_types import Completion, CompletionArgument, CompletionContext, PromptReference, ResourceTemplateReference
 
 from crm_mcp.tools.plumbing.context import Crm
-from crm_mcp.tools.plumbing.errors import Unavailable
-from crm_mcp.tools.plumbing.registry import within_deadline
 from crm_mcp.tools.plumbing.sql import like_escape
 
 from . import data
+from .database import answering
 
 MAX_COMPLETIONS = 20
 MIN_IDENTITY_PREFIX = 3
@@ -31,13 +28,8 @@ def register(server: Any, crm: Crm) -> None:
     async def complete(
         ref: PromptReference | ResourceTemplateReference, argument: CompletionArgument, context: CompletionContext | None
     ) -> Completion | None:
-        try:
-            async with within_deadline(crm):
-                return await _complete(argument)
-        except Unavailable as exc:
-            raise MCPError(code=INTERNAL_ERROR, message=str(exc)) from None
-        except asyncpg.QueryCanceledError:
-            raise MCPError(code=INTERNAL_ERROR, message="The CRM database took longer than the statement timeout. Retry in a few seconds.") from None
+        async with answering(crm):
+            return await _complete(argument)
 
     async def _complete(argument: CompletionArgument) -> Completion | None:
         name, value = argument.name, (argument.value or "")[:100]
