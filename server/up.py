@@ -67,27 +67,24 @@ def plan(settings: Settings, *, webform_port: int, tokens: dict[str, str]) -> li
 TOKEN_ROLES = {"webform": "bridge", "agent": "agent"}
 
 
-async def mint_tokens(settings: Settings, names: list[str]) -> dict[str, str]:
+async def mint_tokens(dsn: str) -> dict[str, str]:
     """One token per component (role from TOKEN_ROLES), named so `crm-mcp token list` shows where it came from."""
-    from .app import prepare_database
     from .auth import create_token
     from .db import connect_once
 
-    dsn = await prepare_database(settings)
     conn = await connect_once(dsn)
     try:
         stamp = f"{time.strftime('%Y%m%d%H%M%S')}-{secrets.token_hex(3)}"
-        return {n: await create_token(conn, f"up-{n}-{stamp}", TOKEN_ROLES.get(n, "bridge")) for n in names}
+        return {n: await create_token(conn, f"up-{n}-{stamp}", role) for n, role in TOKEN_ROLES.items()}
     finally:
         await conn.close()
 
 
-async def revoke_minted(settings: Settings, tokens: dict[str, str]) -> None:
-    from .app import prepare_database
+async def revoke_minted(dsn: str, tokens: dict[str, str]) -> None:
     from .auth import hash_token
     from .db import connect_once
 
-    conn = await connect_once(await prepare_database(settings))
+    conn = await connect_once(dsn)
     try:
         await conn.execute("UPDATE api_tokens SET revoked_at = now() WHERE token_sha256 = ANY($1::bytea[]) "
                            "AND revoked_at IS NULL", [hash_token(t) for t in tokens.values()])
@@ -148,13 +145,15 @@ async def run_up(settings: Settings, *, demo: bool, webform_port: int) -> None:
     def say(line: str) -> None:
         print(f"crm-mcp up: {line}", flush=True)
 
+    from .app import open_crm, prepare_database
+
     if demo:
-        from .app import open_crm
         from .demo import load_demo
 
         async with open_crm(settings, background=False) as crm:
             await load_demo(crm)
-    tokens = await mint_tokens(settings, ["webform", "agent"])
+    dsn = await prepare_database(settings)  # once: migrations applied, the embedded server joined
+    tokens = await mint_tokens(dsn)
     components = plan(settings, webform_port=webform_port, tokens=tokens)
     say("starting " + ", ".join(c.name for c in components) + "; Ctrl-C stops everything")
     try:
@@ -172,5 +171,5 @@ async def run_up(settings: Settings, *, demo: bool, webform_port: int) -> None:
                 tg.start_soon(functools.partial(supervise, c, say=say))
     finally:
         with anyio.CancelScope(shield=True):
-            await revoke_minted(settings, tokens)
+            await revoke_minted(dsn, tokens)
         say("stopped")
