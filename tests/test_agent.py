@@ -25,6 +25,7 @@ from crm_mcp.channel_bridges.agent_policy import HOLDING_REPLY
 
 from .conftest import REPO, TEMPLATE_DB, call, scratch_database, server_env
 from .http_server import bearer_client, http_server, make_token
+from .webform_helpers import stop_process
 
 pytestmark = pytest.mark.anyio
 
@@ -56,13 +57,7 @@ def agent_process(url: str, token: str, *args: str) -> Iterator[subprocess.Popen
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc)
         log.close()
 
 

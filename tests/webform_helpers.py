@@ -43,7 +43,8 @@ def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 60.0, ok=(200,
     raise TimeoutError(f"{url} did not answer in {timeout} s")
 
 
-def _stop(proc: subprocess.Popen, log: Path | None = None) -> None:
+def stop_process(proc: subprocess.Popen) -> None:
+    """SIGTERM, 20 s to exit, then SIGKILL."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -79,7 +80,7 @@ def crm_http(dsn: str, tmp: Path, port: int | None = None) -> Iterator[str]:
         _wait_http(url, proc, ok=range(200, 500))
         yield url
     finally:
-        _stop(proc)
+        stop_process(proc)
         log.close()
 
 
@@ -105,7 +106,7 @@ def webform(server_url: str | None, dsn: str, tmp: Path, **kw) -> Iterator[str]:
     try:
         yield base
     finally:
-        _stop(proc)
+        stop_process(proc)
 
 
 def open_form(client: httpx.Client, base: str) -> str:
