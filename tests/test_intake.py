@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
+
 import anyio
 import asyncpg
 import pytest
@@ -163,5 +165,34 @@ async def test_bad_ingest_input_is_clean_and_changes_nothing(db_dsn: str) -> Non
     try:
         assert await conn.fetchval("SELECT count(*) FROM customers") == 0
         assert await conn.fetchval("SELECT value FROM counters WHERE name = 'ticket'") == 0
+    finally:
+        await conn.close()
+
+
+async def test_a_threaded_reply_continues_its_conversation_past_the_window(db_dsn: str) -> None:
+    async with mcp_client(db_dsn) as client:
+        old = datetime.now(timezone.utc) - timedelta(days=3)
+        first = await call(client, "ingest_message", channel="email", channel_message_id="<a1@x.example>",
+                           sender={"email": "cy@example.com"}, subject="Sync", content="Sync fails.", received_at=old.isoformat())
+        await conn_set_old(db_dsn, old)  # resolved, and three days quiet
+        threaded = await call(client, "ingest_message", channel="email", channel_message_id="<a2@x.example>",
+                              sender={"email": "cy@example.com"}, subject="Re: Sync", content="It fails again.",
+                              in_reply_to=["<zz@elsewhere.example>", "<a1@x.example>"])
+        assert threaded["conversation"]["conversation_id"] == first["conversation"]["conversation_id"]
+        assert threaded["ticket"]["reopened"]
+        await conn_set_old(db_dsn, old)
+        fresh = await call(client, "ingest_message", channel="email", channel_message_id="<a3@x.example>",
+                           sender={"email": "cy@example.com"}, subject="New topic", content="Another question.")
+        assert fresh["conversation"]["is_new"]
+        err = await call_error(client, "ingest_message", channel="email", channel_message_id="<a4@x.example>",
+                               sender={"email": "cy@example.com"}, content="x", in_reply_to=["<r@x>"] * 21)
+        assert "in_reply_to" in err
+
+
+async def conn_set_old(dsn: str, when: datetime) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("UPDATE conversations SET last_activity_at = $1", when)
+        await conn.execute("UPDATE tickets SET status = 'resolved', resolved_at = $1, resolution_notes = 'done'", when)
     finally:
         await conn.close()

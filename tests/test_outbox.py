@@ -174,3 +174,16 @@ async def test_ticket_updates_need_both_halves_and_show_only_the_conversation(db
             assert f"No ticket {number} in that conversation" in err
         err = await call_error(client, "get_ticket_updates", ticket_number=number)
         assert "conversation_id" in err
+
+
+async def test_a_claimed_part_carries_the_customers_latest_message_for_threading(db_dsn: str) -> None:
+    async with mcp_client(db_dsn) as client:
+        ing = await call(client, "ingest_message", channel="email", channel_message_id="<m1@cust.example>",
+                         sender={"email": "bo@example.com"}, subject="Invoice question", content="Where is my invoice?",
+                         metadata={"references": ["<m0@cust.example>"]})
+        await call(client, "ingest_message", channel="email", channel_message_id="<m2@cust.example>",
+                   sender={"email": "bo@example.com"}, subject="Re: Invoice question", content="Any news?")
+        await call(client, "send_response", ticket_number=ing["ticket"]["ticket_number"], body="It is on its way.")
+        part = (await call(client, "claim_outbox", channel="email"))["parts"][0]
+        assert part["reply_to"]["channel_message_id"] == "<m2@cust.example>"
+        assert part["reply_to"]["subject"] == "Re: Invoice question" and part["reply_to"]["received_at"]

@@ -8,7 +8,8 @@ Order of work (each step relies on the one before):
      create the customer when none matches; link the new identities the sender brings.
      Locks on each identity serialise first contacts of the same new person.
   3. conversation: the customer's open conversation is reused when its last activity is within
-     the window (default 24 h) or it still has an unfinished ticket, on any channel, recording
+     the window (default 24 h), it still has an unfinished ticket, or the message is a threaded
+     reply to it (thread_ref, or in_reply_to naming one of its messages), on any channel, recording
      a channel switch; otherwise it is closed and a new one starts.
   4. ticket before response: the conversation's unfinished ticket (a waiting ticket moves to
      in_progress; a resolved one reopens), or a new one classified from the text.
@@ -22,10 +23,10 @@ import json
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Annotated, Any
 
 import asyncpg
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from crm_mcp.tools.plumbing.context import Crm
 from crm_mcp.tools.vocabulary import Channel, TicketCategory, TicketPriority, TicketStatus
@@ -71,6 +72,9 @@ class IngestInput(BaseModel):
     content: Text = Field(min_length=1, max_length=MAX_CONTENT, description=f"Message text (plain text, at most {MAX_CONTENT:,} characters).")
     subject: Text | None = Field(default=None, max_length=500, description="Email subject or web form topic.")
     thread_ref: str | None = Field(default=None, max_length=500, description="The channel's thread id (Gmail threadId), kept for replies.")
+    in_reply_to: list[Annotated[str, StringConstraints(min_length=1, max_length=500)]] | None = Field(
+        default=None, max_length=20,
+        description="Channel message ids this message answers (email In-Reply-To and References): it continues that conversation.")
     received_at: datetime | None = Field(default=None, description="When the channel received it (ISO 8601 with time zone). Default: now.")
     metadata: dict[str, Any] | None = Field(default=None, description="Channel-specific extras (JSON object, at most 16 KB, 6 levels deep).")
 
@@ -317,15 +321,20 @@ async def _ingest_once(
         window = timedelta(hours=settings.conversation_window_hours)
         conv = None
         if not is_new_customer:
+            # A threaded reply (the thread id, or a message id it quotes) keeps its conversation past the window.
             conv = await conn.fetchrow(
                 """SELECT v.id, v.current_channel, v.last_activity_at,
                           EXISTS (SELECT 1 FROM tickets t WHERE t.conversation_id = v.id
-                                  AND t.status IN ('open', 'in_progress', 'waiting', 'escalated')) AS has_open_ticket
-                   FROM conversations v WHERE customer_id = $1 AND status <> 'closed' FOR UPDATE""", customer_id)
+                                  AND t.status IN ('open', 'in_progress', 'waiting', 'escalated')) AS has_open_ticket,
+                          (v.thread_ref IS NOT NULL AND v.thread_ref = $2)
+                          OR EXISTS (SELECT 1 FROM messages m WHERE m.channel = $3 AND m.channel_message_id = ANY($4::text[])
+                                     AND m.conversation_id = v.id) AS threaded
+                   FROM conversations v WHERE customer_id = $1 AND status <> 'closed' FOR UPDATE""",
+                customer_id, args.thread_ref, channel, args.in_reply_to or [])
         switched = False
         previous_channel = None
         conv_is_new = False
-        if conv is not None and not (conv["last_activity_at"] >= received - window or conv["has_open_ticket"]):
+        if conv is not None and not (conv["last_activity_at"] >= received - window or conv["has_open_ticket"] or conv["threaded"]):
             await conn.execute(
                 "UPDATE conversations SET status = 'closed', ended_at = now(), resolution_type = coalesce(resolution_type, 'resolved') WHERE id = $1",
                 conv["id"])

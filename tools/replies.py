@@ -274,6 +274,13 @@ class ClaimOutboxInput(BaseModel):
         description=f"Long-poll: when nothing is waiting, wait up to this many seconds (0-{MAX_WAIT_S:g}) for a new reply.")
 
 
+class ReplyContext(Out):
+    channel_message_id: str | None = Field(description="The channel's id of the customer's latest message on this channel (email Message-ID, wamid, MessageSid).")
+    subject: str | None
+    received_at: datetime
+    metadata: dict[str, Any] = Field(description="What the bridge stored with it (provider, references, ...).")
+
+
 class ClaimedPart(Out):
     message_id: str = Field(description="Report delivery of this part with update_delivery_status(message_id=...).")
     channel: Channel
@@ -285,6 +292,7 @@ class ClaimedPart(Out):
     part: int = Field(description="0-based part number of a split reply.")
     parts: int
     attempt: int = Field(description="1 on the first claim; higher when an earlier claim's lease lapsed without a report.")
+    reply_to: ReplyContext | None = Field(default=None, description="The customer's latest message on this channel: threading headers, provider, the 24-hour window.")
 
 
 class ClaimOutboxResult(Out):
@@ -301,7 +309,12 @@ WITH c AS (
 )
 UPDATE messages m SET lease_until = now() + make_interval(secs => $3), delivery_attempts = m.delivery_attempts + 1
 FROM c WHERE m.id = c.id
-RETURNING m.*, (SELECT ticket_number FROM tickets t WHERE t.id = m.ticket_id) AS ticket_number
+RETURNING m.*, (SELECT ticket_number FROM tickets t WHERE t.id = m.ticket_id) AS ticket_number,
+    (SELECT jsonb_build_object('channel_message_id', i.channel_message_id, 'subject', i.subject,
+                               'received_at', i.created_at, 'metadata', i.metadata)
+     FROM messages i WHERE i.conversation_id = m.conversation_id AND i.channel = m.channel
+       AND i.direction = 'inbound' AND i.role = 'customer'
+     ORDER BY i.created_at DESC, i.id DESC LIMIT 1) AS reply_to
 """
 
 
@@ -312,6 +325,7 @@ async def _claim(conn: asyncpg.Connection, args: ClaimOutboxInput) -> ClaimOutbo
         message_id=str(r["id"]), channel=r["channel"], recipient=r["metadata"].get("recipient", ""), text=r["content"],
         ticket_number=r["ticket_number"], conversation_id=str(r["conversation_id"]), thread_ref=r["thread_ref"],
         part=int(r["metadata"].get("part", 0)), parts=int(r["metadata"].get("parts", 1)), attempt=r["delivery_attempts"],
+        reply_to=ReplyContext.model_validate(r["reply_to"]) if r["reply_to"] else None,
     ) for r in rows]
     return ClaimOutboxResult(parts=parts, lease_until=rows[0]["lease_until"] if rows else None)
 
