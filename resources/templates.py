@@ -15,15 +15,15 @@ in completions.py."""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
 from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError
 
 from crm_mcp.tools.plumbing.context import Crm
-from crm_mcp.tools.plumbing.errors import UserError
+from crm_mcp.tools.plumbing.errors import Unavailable, UserError
+from crm_mcp.tools.plumbing.registry import within_deadline
 
 from . import data
 
@@ -32,23 +32,17 @@ log = logging.getLogger(__name__)
 JSON = "application/json"
 
 
-@asynccontextmanager
-async def _reading(crm: Crm) -> AsyncIterator[asyncpg.Connection]:
-    """A connection for one resource read; caller mistakes become not-found, an unreachable
-    database a (non-crash) resource error."""
+async def _read(crm: Crm, loader: Callable[..., Awaitable[Any]], *args: Any) -> str:
+    """One resource read under the tools' deadline: caller mistakes become not-found; a database
+    that is unreachable or does not answer in time a (non-crash) resource error saying retry."""
     try:
-        async with crm.pool.acquire() as conn:
-            yield conn
+        async with within_deadline(crm), crm.pool.acquire() as conn:
+            result = await loader(conn, *args)
     except UserError as exc:
         raise ResourceNotFoundError(str(exc)) from None
-    except (OSError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError) as exc:
-        log.warning("resource read failed: database unavailable", exc_info=True)
-        raise ResourceError("The CRM database is temporarily unavailable; retry in a few seconds.") from exc
-
-
-async def _read(crm: Crm, loader: Callable[..., Awaitable[Any]], *args: Any) -> str:
-    async with _reading(crm) as conn:
-        result = await loader(conn, *args)
+    except (Unavailable, asyncpg.QueryCanceledError) as exc:
+        log.warning("resource read failed: database unavailable (%s)", type(exc).__name__)
+        raise ResourceError("The CRM database is temporarily unavailable; nothing was read. Retry in a few seconds.") from None
     return data.to_json(result)
 
 

@@ -65,6 +65,10 @@ async def _assert_all_unavailable(client, *, within: float) -> None:
     assert took < within, f"completion took {took:.1f} s"
     assert isinstance(res, MCPError) and "temporarily unavailable" in str(res), res
 
+    took, res = await _timed(client.read_resource, "crm://metrics/summary")
+    assert took < within, f"resource read took {took:.1f} s"
+    assert isinstance(res, MCPError) and "temporarily unavailable" in str(res) and "Retry" in str(res), res
+
 
 async def test_locked_tables_answer_within_the_timeout(db_dsn: str) -> None:
     async with mcp_client(db_dsn, **FAST) as client:
