@@ -9,7 +9,6 @@ holder claim_inbound kept (tools/plumbing/context.lease_holder), not on a live l
 
 from __future__ import annotations
 
-import json
 import uuid
 from datetime import datetime
 from typing import Any
@@ -83,7 +82,7 @@ def turn_view(r: asyncpg.Record) -> AgentTurn:
     return AgentTurn(
         turn_id=str(r["id"]), message_id=str(r["message_id"]), attempt=r["attempt"], conversation_id=str(r["conversation_id"]),
         customer_id=str(r["customer_id"]), ticket_number=r["ticket_number"], decision=r["decision"], reason=r["reason"],
-        tools_called=json.loads(tools) if isinstance(tools, str) else list(tools),
+        tools_called=list(tools),  # the pool decodes jsonb (server/db.py)
         article_ids=[str(a) for a in r["article_ids"]], model=r["model"], prompt_tokens=r["prompt_tokens"],
         completion_tokens=r["completion_tokens"], latency_ms=r["latency_ms"], created_at=r["created_at"])
 
@@ -104,7 +103,7 @@ async def record_agent_turn(crm: Crm, args: RecordTurnInput) -> RecordTurnResult
     async with crm.tx() as conn:
         new = await conn.fetchval(
             INSERT_SQL, args.message_id, args.attempt, holder, args.decision, args.reason,
-            json.dumps(args.tools_called), [uuid.UUID(str(a)) for a in args.article_ids], args.model,
+            args.tools_called, [uuid.UUID(str(a)) for a in args.article_ids], args.model,
             args.prompt_tokens, args.completion_tokens, args.latency_ms)
         if new is not None:
             row = await _turn(conn, "a.id = $1", new)
