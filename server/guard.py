@@ -163,9 +163,8 @@ class Guard:
     async def _lease_refusal(self, who: Principal, name: str, writes: bool, arguments: dict[str, Any]) -> str | None:
         try:
             with anyio.fail_after(LEASE_CHECK_S):
-                async with self.pool.acquire() as conn:
-                    return await lease_scope.check(conn, holder=who.holder, tool=name, writes=writes,
-                                                   args=self.validate(name, arguments))
+                return await lease_scope.check(self.pool, holder=who.holder, tool=name, writes=writes,
+                                               args=lambda: self.validate(name, arguments))
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning("lease check for %s failed: %s", name, type(exc).__name__)
             return str(Unavailable(type(exc).__name__))  # fail closed, retryable

@@ -53,18 +53,29 @@ class Held:
     customer_id: uuid.UUID
 
 
-async def check(conn: asyncpg.Connection, *, holder: str, tool: str, writes: bool,
-                args: BaseModel | None) -> str | None:
+async def check(pool: asyncpg.Pool | None, *, holder: str, tool: str, writes: bool,
+                args: Callable[[], BaseModel | None]) -> str | None:
     """None when the call is within the caller's leases; else the one-line refusal.
 
-    args is the call's validated input, or None when the arguments do not validate: then the tool
-    itself rejects them (same validation), so nothing is resolved here."""
+    args gives the call's validated input, or None when the arguments do not validate: then the
+    tool itself rejects them (same validation), so nothing is resolved here. Unscoped tools need
+    neither the validation nor a connection."""
     scope = AGENT_SCOPE.get(tool)
     if scope is None:
         return (f"Permission denied: {tool} declares no lease scope, so the agent role may not call it "
                 "(server/roles.py AGENT_SCOPE). Nothing was changed.")
-    if not scope or args is None:
+    if not scope:
         return None
+    validated = args()
+    if validated is None:
+        return None
+    assert pool is not None
+    async with pool.acquire() as conn:
+        return await _check(conn, holder=holder, tool=tool, writes=writes, scope=scope, args=validated)
+
+
+async def _check(conn: asyncpg.Connection, *, holder: str, tool: str, writes: bool, scope: dict[str, ScopeKind],
+                 args: BaseModel) -> str | None:
     named = [(arg, kind, getattr(args, arg, None)) for arg, kind in scope.items()]
     named = [(arg, kind, value) for arg, kind, value in named if value not in (None, "")]
     if any(kind == "message" for _, kind, _ in named):
@@ -106,4 +117,4 @@ async def _check_turn(conn: asyncpg.Connection, *, holder: str, tool: str,
     return None
 
 
-Validate = Callable[[str, dict[str, Any]], BaseModel | None]
+Validate = Callable[[str, dict[str, Any]], BaseModel | None]  # a tool's arguments through its input model

@@ -68,7 +68,7 @@ def test_every_agent_tool_declares_its_scope_and_undeclared_ones_are_refused() -
 
 async def test_an_undeclared_tool_is_refused_to_the_agent() -> None:
     # Fail closed before any lookup: a tool another branch adds without its scope line.
-    text = await lease_scope.check(None, holder="token:x", tool="find_orders", writes=False, args=None)  # type: ignore[arg-type]
+    text = await lease_scope.check(None, holder="token:x", tool="find_orders", writes=False, args=lambda: None)
     assert text and text.startswith("Permission denied: find_orders declares no lease scope")
 
 
