@@ -211,3 +211,21 @@ async def test_turn_records_are_idempotent_and_feed_the_metrics(db_dsn: str) -> 
             from mcp.shared.exceptions import MCPError
             with pytest.raises(MCPError, match="role 'agent' may not read"):
                 await agent.read_resource("crm://agent/turns")
+
+
+async def test_two_stdio_agents_each_hold_only_their_own_lease(db_dsn: str) -> None:
+    from .conftest import mcp_client
+
+    async with mcp_client(db_dsn) as admin:
+        await _ask(admin, "stdio-a@example.com", "Ann", "How do I export my forms?", "sa")
+        await _ask(admin, "stdio-b@example.com", "Bob", "How do I import contacts?", "sb")
+    # one stdio server process per agent: each process is its own lease holder
+    async with mcp_client(db_dsn, "--role", "agent") as one, mcp_client(db_dsn, "--role", "agent") as two:
+        w1 = (await call(one, "claim_inbound"))["work"]
+        w2 = (await call(two, "claim_inbound"))["work"]
+        assert w1["customer_id"] != w2["customer_id"]
+        await call(one, "get_customer_history", customer_id=w1["customer_id"])
+        text = await call_error(two, "get_customer_history", customer_id=w1["customer_id"])
+        assert text.startswith(f"Permission denied: this agent holds conversation {w2['conversation_id']}"), text
+        text = await call_error(one, "escalate_to_human", ticket_number=w2["ticket_number"], reason="not mine")
+        assert text.startswith(f"Permission denied: this agent holds conversation {w1['conversation_id']}"), text
