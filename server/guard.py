@@ -14,6 +14,7 @@ holder a call acts as is the token (its kind and name) or, on stdio, this server
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -45,6 +46,11 @@ class Principal:
     holder: str = ""  # whose agent leases: '<token kind>:<actor>', or 'stdio:<process>' (see access.py)
 
 
+def _holder(name: str) -> str:
+    # A JWT subject can be any length; the lease column takes 300 characters.
+    return name if len(name) <= 200 else name[:120] + ":sha256:" + hashlib.sha256(name.encode()).hexdigest()
+
+
 def _get(result: Any, attr: str, key: str) -> Any:
     return result.get(key) if isinstance(result, dict) else getattr(result, attr, None)
 
@@ -65,7 +71,7 @@ class Guard:
         if access is not None:
             actor, role = principal_of(access)
             kind = (access.claims or {}).get("kind", "token")
-            return Principal(actor, role, f"{kind}:{actor}") if role is not None else None
+            return Principal(actor, role, _holder(f"{kind}:{actor}")) if role is not None else None
         if request is None or not self.authenticated:
             return self.default  # stdio, or HTTP with --no-auth (loopback only)
         return None  # an HTTP request that reached us unauthenticated: refuse everything

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 import asyncpg
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from crm_mcp.tools.models import Out
 from crm_mcp.tools.plumbing.context import Crm, lease_holder
@@ -27,13 +27,15 @@ class RecordTurnInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
     message_id: MessageId = Field(description="The claimed customer message (claim_inbound's message_id).")
     attempt: int = Field(ge=1, le=10_000, description="claim_inbound's attempt.")
-    decision: AgentDecision
+    decision: AgentDecision = Field(
+        description="answered; or escalated by a rule, for want of a KB answer, on a tool error or on a model failure.")
     reason: str | None = Field(default=None, max_length=500, description="Why it escalated (for staff).")
-    tools_called: list[str] = Field(default_factory=list, max_length=100, description="Tool names, in call order.")
+    tools_called: list[Annotated[str, StringConstraints(min_length=1, max_length=100)]] = Field(
+        default_factory=list, max_length=100, description="Tool names, in call order.")
     article_ids: list[ArticleId] = Field(default_factory=list, max_length=20, description="Knowledge-base articles the reply used.")
     model: str = Field(min_length=1, max_length=200, description="Model name; 'offline' for the offline agent.")
-    prompt_tokens: int = Field(default=0, ge=0, le=100_000_000)
-    completion_tokens: int = Field(default=0, ge=0, le=100_000_000)
+    prompt_tokens: int = Field(default=0, ge=0, le=100_000_000, description="Model input tokens (0 offline).")
+    completion_tokens: int = Field(default=0, ge=0, le=100_000_000, description="Model output tokens (0 offline).")
     latency_ms: int = Field(ge=0, le=86_400_000, description="Claim to last call of the turn, ms.")
 
 
