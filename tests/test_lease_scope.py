@@ -5,13 +5,16 @@ first one's lease. Then the turn records (record_agent_turn) and what get_metric
 
 from __future__ import annotations
 
+import json
+
 import asyncpg
 import pytest
+from mcp.shared.exceptions import MCPError
 
 from crm_mcp.server import lease_scope
 from crm_mcp.server.roles import AGENT_SCOPE, EXTRA_ROLES
 
-from .conftest import call, call_error
+from .conftest import call, call_error, mcp_client
 from .http_server import bearer_client, http_server, make_token, tool_names
 
 pytestmark = pytest.mark.anyio
@@ -199,7 +202,6 @@ async def test_turn_records_are_idempotent_and_feed_the_metrics(db_dsn: str) -> 
             email_only = (await call(staff, "get_metrics", window="1h", channel="email"))["agent"]
             assert email_only["turns"] == 0 and email_only["resolution_rate"] is None and email_only["latency_ms"]["p50"] is None
             # staff read the records; the agent may not
-            import json
             conv = recorded[0]["conversation_id"]
             res = await staff.read_resource(f"crm://agent/turns?conversation_id={conv}")
             turns = json.loads(res.contents[0].text)["turns"]
@@ -208,14 +210,11 @@ async def test_turn_records_are_idempotent_and_feed_the_metrics(db_dsn: str) -> 
             every = json.loads((await staff.read_resource("crm://agent/turns")).contents[0].text)["turns"]
             assert len(every) == 8
         async with bearer_client(srv.url, tokens["agent"]) as agent:
-            from mcp.shared.exceptions import MCPError
             with pytest.raises(MCPError, match="role 'agent' may not read"):
                 await agent.read_resource("crm://agent/turns")
 
 
 async def test_two_stdio_agents_each_hold_only_their_own_lease(db_dsn: str) -> None:
-    from .conftest import mcp_client
-
     async with mcp_client(db_dsn) as admin:
         await _ask(admin, "stdio-a@example.com", "Ann", "How do I export my forms?", "sa")
         await _ask(admin, "stdio-b@example.com", "Bob", "How do I import contacts?", "sb")
