@@ -9,7 +9,10 @@
    in its own process; their output is kept in the JSON (kb_latency's own JSON is merged).
 4. context_size: tools/list and seven typical results in bytes and tokens, now against the
    baseline recorded from commit ddc7ae7 (bench/context_size.py, bench/context_size_baseline.json).
-5. --profile: bench/profile_stdio.py (needs py-spy).
+5. agent: one and two offline `crm-mcp agent` processes, answered per second and ingest-to-reply,
+   against the bare ingest -> claim_inbound -> search_knowledge_base -> send_response calls
+   (bench/agent.py, its own process, about 2 minutes).
+6. --profile: bench/profile_stdio.py (needs py-spy).
 
 Every figure is printed next to a floor measured in the same run (the machine is shared and
 noisy); the summary table is also in the JSON under "rows".
@@ -124,6 +127,7 @@ def main() -> None:
     p.add_argument("--skip-kb", action="store_true", help="skip bench.kb_latency")
     p.add_argument("--kb-args", default="--sizes 10000",
                    help="arguments for bench.kb_latency (default '--sizes 10000'; its own default 10k+100k took ~24 min here)")
+    p.add_argument("--skip-agent", action="store_true", help="skip bench.agent")
     p.add_argument("--profile", action="store_true", help="also run bench.profile_stdio (needs py-spy)")
     p.add_argument("--json", default=str(RESULTS / "latest.json"))
     args = p.parse_args()
@@ -144,6 +148,8 @@ def main() -> None:
             report["kb_latency"] = res
     elif not kb.exists():
         report["kb_latency"] = {"skipped": "bench/kb_latency.py not present"}
+    if not args.skip_agent:
+        report["agent"] = run_module("bench.agent", [], timeout=600)
     if args.profile:
         report["profile"] = run_module("bench.profile_stdio", [], timeout=900)
 

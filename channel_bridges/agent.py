@@ -11,7 +11,9 @@ Fail closed: a tool error the agent cannot resolve ends in an escalation and the
 When the CRM cannot be reached the turn is abandoned: the lease lapses and the work returns to
 the queue for this or another agent. Replies carry idempotency_key 'agent:<message_id>', so a
 turn repeated after a lapse never sends twice. Several agents can run at once (the queue leases).
-Each turn is one log line with ids, the decision, the article used and the latency."""
+Each turn is one log line with ids, the decision, the article used and the latency, and one
+record in the CRM (record_agent_turn: tools called, articles, decision, latency) for staff review
+and the metrics; a record that fails is logged and never holds up the reply."""
 
 from __future__ import annotations
 
@@ -76,8 +78,9 @@ class Agent:
                 if work is not None:
                     await self.turn(crm, work)
 
-    async def turn(self, crm: CrmConnection, work: dict[str, Any]) -> Decision | None:
+    async def turn(self, conn: CrmConnection, work: dict[str, Any]) -> Decision | None:
         started = time.perf_counter()
+        crm = _Counting(conn)
         ids = {"message_id": work["message_id"], "conversation_id": work["conversation_id"],
                "ticket_number": work["ticket_number"], "attempt": work.get("attempt")}
         self.stats.turns += 1
@@ -95,14 +98,16 @@ class Agent:
                         article = answer.article_id
                         decision: Decision = "answered"
                     else:
-                        await self._escalate(crm, work, "Agent found no relevant knowledge-base answer")
+                        reason = "Agent found no relevant knowledge-base answer"
+                        await self._escalate(crm, work, reason)
                         decision = "escalated_no_answer"
                 else:
                     await self._escalate(crm, work, reason)
                     decision = "escalated_rule"
             except CrmRejected as exc:
                 event(log, "agent_tool_error", logging.WARNING, **ids, error=str(exc)[:300])
-                await self._escalate(crm, work, "Agent could not complete the turn (tool error); needs a person")
+                reason = "Agent could not complete the turn (tool error); needs a person"
+                await self._escalate(crm, work, reason)
                 decision = "escalated_error"
         except CrmUnavailable as exc:
             # Nothing half-sent can stay: replies are idempotent by message, so the next claim redoes the turn.
@@ -117,19 +122,38 @@ class Agent:
             self.stats.answered += 1
         else:
             self.stats.escalated += 1
+        latency_ms = round((time.perf_counter() - started) * 1000, 1)
         event(log, "agent_turn", **ids, decision=decision, article_id=article,
-              rules=[r["code"] for r in work.get("escalation_reasons") or []] or None,
-              latency_ms=round((time.perf_counter() - started) * 1000, 1))
+              rules=[r["code"] for r in work.get("escalation_reasons") or []] or None, latency_ms=latency_ms)
+        try:
+            await conn.call("record_agent_turn", message_id=work["message_id"], attempt=work.get("attempt") or 1,
+                            decision=decision, reason=None if decision == "answered" else reason,
+                            tools_called=crm.called, article_ids=[article] if article else [], model="offline",
+                            latency_ms=int(latency_ms))
+        except (CrmUnavailable, CrmRejected) as exc:  # the customer has the reply; only the record is missing
+            event(log, "agent_record_failed", logging.WARNING, **ids, error=str(exc)[:300])
         return decision
 
-    async def _reply(self, crm: CrmConnection, work: dict[str, Any], body: str) -> dict[str, Any]:
+    async def _reply(self, crm: CrmConnection | _Counting, work: dict[str, Any], body: str) -> dict[str, Any]:
         return await crm.call("send_response", conversation_id=work["conversation_id"], body=body,
                               idempotency_key=f"agent:{work['message_id']}")
 
-    async def _escalate(self, crm: CrmConnection, work: dict[str, Any], reason: str) -> None:
+    async def _escalate(self, crm: CrmConnection | _Counting, work: dict[str, Any], reason: str) -> None:
         # Escalate first: should the holding reply then fail, a person still has the case.
         await crm.call("escalate_to_human", ticket_number=work["ticket_number"], reason=reason)
         await self._reply(crm, work, HOLDING_REPLY)
+
+
+@dataclass
+class _Counting:
+    """The connection, noting each tool a turn calls (for its record)."""
+
+    conn: CrmConnection
+    called: list[str] = field(default_factory=list)
+
+    async def call(self, tool: str, **arguments: Any) -> dict[str, Any]:
+        self.called.append(tool)
+        return await self.conn.call(tool, **arguments)
 
 
 async def serve(agent: Agent) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import asyncpg
 from pydantic import BaseModel
 
+from crm_mcp.tools.agent_turns import turn_rows
 from crm_mcp.tools.customers import load_summaries
 from crm_mcp.tools.models import MessageView
 from crm_mcp.tools.plumbing.params import parse_uuid
@@ -183,3 +184,8 @@ async def figures(conn: asyncpg.Connection, start: datetime, end: datetime) -> d
 async def last_24h(conn: asyncpg.Connection) -> dict[str, Any]:
     end = datetime.now(timezone.utc)
     return await figures(conn, end - timedelta(hours=24), end)
+
+
+async def agent_turns(conn: asyncpg.Connection, conversation_id: str) -> dict[str, Any]:
+    conv = parse_uuid(conversation_id, "conversation_id", "get_customer_history") if conversation_id else None
+    return {"conversation_id": conv, "turns": await turn_rows(conn, conv)}

@@ -5,6 +5,7 @@ Resource templates (JSON):
     crm://tickets/{ticket_number}          ticket with history and recent messages
     crm://conversations/{conversation_id}  conversation with its last 50 messages, oldest first
     crm://channels/{channel}/config        channel settings: tone, max length, template, enabled
+    crm://agent/turns{?conversation_id}    the answering agent's latest turns (staff review; not for the agent)
 Resource:
     crm://metrics/summary                  the last 24 hours in figures
 
@@ -90,6 +91,17 @@ def register(server: Any, crm: Crm) -> None:
     )
     async def channel_config_resource(channel: str) -> str:
         return await _read(crm, data.channel_config, channel)
+
+    @server.resource(
+        "crm://agent/turns{?conversation_id}",
+        name="agent_turns",
+        title="Agent turns",
+        description="The answering agent's latest 100 turns as JSON, newest first (of one conversation with "
+        "?conversation_id=UUID): decision, escalation reason, tools called, articles used, model, tokens, latency.",
+        mime_type=JSON,
+    )
+    async def agent_turns_resource(conversation_id: str = "") -> str:
+        return await _read(crm, data.agent_turns, conversation_id)
 
     @server.resource(
         "crm://metrics/summary",

@@ -4,10 +4,15 @@ operational routes."""
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
+
+from mcp.server.mcpserver.exceptions import ToolError
+from pydantic import BaseModel, ValidationError
 
 from crm_mcp.tools import all_tools
 from crm_mcp.tools.plumbing.context import Crm
+from crm_mcp.tools.plumbing.registry import clean_strings, validation_context
 
 from .guard import Guard, Principal
 
@@ -17,15 +22,34 @@ def _read_only_index() -> dict[str, bool]:
     return {s.name: bool(s.annotations.read_only_hint) for s in all_tools()}
 
 
+def _validator(crm: Crm) -> Any:
+    """A tool's arguments through its own input model (what ToolSpec.run does first), for the
+    lease check; None when they do not validate (the tool then refuses them itself)."""
+    models = {s.name: s.input_model for s in all_tools()}
+
+    def validate(name: str, arguments: dict[str, Any]) -> BaseModel | None:
+        model = models.get(name)
+        if model is None:
+            return None
+        try:
+            return model.model_validate(clean_strings(arguments), context=validation_context(crm))
+        except (ValidationError, ToolError, ValueError):
+            return None
+
+    return validate
+
+
 def server_kwargs(crm: Crm, *, http: bool) -> dict[str, Any]:
     """Extra MCPServer(...) arguments: middleware always; token_verifier and auth on HTTP with auth."""
     settings = crm.settings
     authenticated = http and not settings.no_auth
     index = _read_only_index()
-    default = Principal("no-auth" if http else "stdio", settings.role)
+    actor = "no-auth" if http else "stdio"
+    # One stdio server serves one client: its leases are this process's alone.
+    default = Principal(actor, settings.role, holder=f"{actor}:{uuid.uuid4().hex[:12]}")
     kwargs: dict[str, Any] = {
         "middleware": [Guard(crm.pool, default=default, authenticated=authenticated,
-                             read_only=lambda name: index.get(name, False))],
+                             read_only=lambda name: index.get(name, False), validate=_validator(crm))],
     }
     if authenticated:
         from .http_ops import auth_settings, make_verifier

@@ -5,26 +5,34 @@
   caller's role may use, so clients are not offered what they would be refused.
 - tools/call outside the role: a tool error naming the roles that may; the handler never runs.
 - resources/read, prompts/get, completion/complete outside the role: a JSON-RPC error naming them.
+- tools/call by the agent role: also within the caller's conversation leases (lease_scope.py).
 - every write-tool call (allowed, refused or failed) is audited; every tool call is counted.
 
 Who is calling: on HTTP with auth, the SDK's bearer middleware put the verified AccessToken on
-the request; on stdio (and HTTP with --no-auth on loopback) it is the process's configured role."""
+the request; on stdio (and HTTP with --no-auth on loopback) it is the process's configured role. The lease
+holder a call acts as is the token (its kind and name) or, on stdio, this server process."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
+import asyncpg
 from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.shared.exceptions import MCPError
 from mcp.types import CallToolResult, TextContent
 from mcp_types import INVALID_REQUEST
 
-from . import audit, roles, telemetry
+from crm_mcp.tools.plumbing.context import lease_holder
+from crm_mcp.tools.plumbing.errors import Unavailable
+
+from . import audit, lease_scope, roles, telemetry
 from .auth import principal_of
 from .roles import Role
 
@@ -35,6 +43,12 @@ log = logging.getLogger(__name__)
 class Principal:
     actor: str  # token name, JWT subject, 'stdio' or 'no-auth'
     role: Role
+    holder: str = ""  # whose agent leases: '<token kind>:<actor>', or 'stdio:<process>' (see access.py)
+
+
+def _holder(name: str) -> str:
+    # A JWT subject can be any length; the lease column takes 300 characters.
+    return name if len(name) <= 200 else name[:120] + ":sha256:" + hashlib.sha256(name.encode()).hexdigest()
 
 
 def _get(result: Any, attr: str, key: str) -> Any:
@@ -43,11 +57,12 @@ def _get(result: Any, attr: str, key: str) -> Any:
 
 class Guard:
     def __init__(self, pool: Any, *, default: Principal, authenticated: bool,
-                 read_only: Callable[[str], bool]) -> None:
+                 read_only: Callable[[str], bool], validate: lease_scope.Validate) -> None:
         self.pool = pool
         self.default = default
         self.authenticated = authenticated
         self.read_only = read_only
+        self.validate = validate  # a tool's arguments through its own input model; None if invalid
 
     def principal(self, ctx: Any) -> Principal | None:
         request = getattr(ctx, "request", None)
@@ -55,7 +70,8 @@ class Guard:
         access = user.access_token if isinstance(user, AuthenticatedUser) else get_access_token()
         if access is not None:
             actor, role = principal_of(access)
-            return Principal(actor, role) if role is not None else None
+            kind = (access.claims or {}).get("kind", "token")
+            return Principal(actor, role, _holder(f"{kind}:{actor}")) if role is not None else None
         if request is None or not self.authenticated:
             return self.default  # stdio, or HTTP with --no-auth (loopback only)
         return None  # an HTTP request that reached us unauthenticated: refuse everything
@@ -112,17 +128,23 @@ class Guard:
         writes = not read_only
         role_label = who.role if who else "none"
         started = time.perf_counter()
+        text: str | None = None
         if who is None or not roles.may_call(who.role, name, read_only):
             allowed = roles.tool_roles(name, read_only)
             text = (roles.denial(who.role, f"call {name}", allowed) if who
                     else f"Permission denied: no authenticated role may call {name}. Nothing was changed.")
+        elif who.role == "agent":
+            text = await self._lease_refusal(who, name, writes, arguments)
+        if text is not None:
             log.info("denied %s to %s (%s)", name, who.actor if who else "unauthenticated", role_label)
             telemetry.observe_call(name, role_label, "denied", time.perf_counter() - started)
             if writes and who is not None:
                 await audit.record(self.pool, actor=who.actor, role=who.role, tool=name, ids={},
                                    digest=audit.args_digest(arguments), outcome="error:denied")
             return CallToolResult(content=[TextContent(type="text", text=text)], is_error=True)
+        assert who is not None
         failure = audit.start_call()
+        holding = lease_holder.set(who.holder)
         try:
             result = await call_next(ctx)
         except Exception as exc:  # a protocol-level error (MCPError): still counted and audited
@@ -132,6 +154,8 @@ class Guard:
                 await audit.record(self.pool, actor=who.actor, role=who.role, tool=name, ids={},
                                    digest=audit.args_digest(arguments), outcome=f"error:{kind}")
             raise
+        finally:
+            lease_holder.reset(holding)
         is_error = bool(_get(result, "is_error", "isError"))
         outcome = "ok" if not is_error else f"error:{failure[0] if failure else 'tool_error'}"
         telemetry.observe_call(name, who.role, outcome, time.perf_counter() - started)
@@ -142,6 +166,17 @@ class Guard:
                                digest=audit.args_digest(arguments), outcome=outcome)
         return result
 
+    async def _lease_refusal(self, who: Principal, name: str, writes: bool, arguments: dict[str, Any]) -> str | None:
+        try:
+            with anyio.fail_after(LEASE_CHECK_S):
+                return await lease_scope.check(self.pool, holder=who.holder, tool=name, writes=writes,
+                                               args=lambda: self.validate(name, arguments))
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("lease check for %s failed: %s", name, type(exc).__name__)
+            return str(Unavailable(type(exc).__name__))  # fail closed, retryable
+
+
+LEASE_CHECK_S = 5.0
 
 _GUARDED = frozenset({"tools/list", "tools/call", "resources/list", "resources/templates/list", "resources/read",
                       "resources/subscribe",

@@ -3,8 +3,9 @@
 Roles:
     admin     everything (token administration is the CLI's, on the database host)
     staff     every CRM tool, resource, prompt and completion except the audit log
-    agent     the tools the AI agent answers a conversation with (per-conversation scoping is a
-              later issue), customer/ticket/conversation resources, prompts, completions
+    agent     the tools the AI agent answers a conversation with, each limited to the customer of
+              a conversation the caller holds a lease on (AGENT_SCOPE, checked by server/lease_scope.py).
+              No resources, prompts or completions: they name any customer, outside the lease
     bridge    channel plumbing only: intake, outbox claim, delivery status, a customer's own ticket
               updates for a status page (both ids needed). No customer lookup,
               no history, no knowledge-base writes, no resources, prompts or completions
@@ -12,7 +13,8 @@ Roles:
 
 Tools: admin and staff may call every tool; readonly every tool annotated read-only (derived
 from the tool's own annotations, so a new read tool needs no entry here). agent and bridge get
-exactly the tools listed in EXTRA_ROLES. Adding a tool for them is one line there."""
+exactly the tools listed in EXTRA_ROLES. Adding a tool for them is one line there, and for the
+agent one more in AGENT_SCOPE (a tool without it is refused to agents: fail closed)."""
 
 from __future__ import annotations
 
@@ -37,20 +39,44 @@ EXTRA_ROLES: dict[str, frozenset[Role]] = {
     "update_ticket": frozenset({"agent"}),
     "escalate_to_human": frozenset({"agent"}),
     "claim_inbound": frozenset({"agent"}),  # the agent's work queue
+    "record_agent_turn": frozenset({"agent"}),
     "ingest_message": frozenset({"bridge"}),
     "update_delivery_status": frozenset({"bridge"}),
     "claim_outbox": frozenset({"bridge"}),
     "get_ticket_updates": frozenset({"bridge"}),  # what a status page shows the customer of their own ticket
 }
 
-# Resources: URI (or URI template) -> roles. Anything not listed: every role but bridge.
-_NOT_BRIDGE: frozenset[Role] = frozenset({"admin", "staff", "agent", "readonly"})
+# What an agent's call names, argument -> kind, checked against the conversations the caller holds
+# a lease on (server/lease_scope.py resolves each kind in SQL): customer = a customer id;
+# conversation = a conversation id; ticket = a ticket number; order = an order number or the
+# store's order id; message = a message of a conversation the caller holds or held last (for the
+# turn record, written after the reply ended the lease). UNSCOPED: touches no customer's data.
+# An agent tool missing here is refused to agents.
+ScopeKind = Literal["customer", "conversation", "ticket", "order", "message"]
+UNSCOPED: dict[str, ScopeKind] = {}
+AGENT_SCOPE: dict[str, dict[str, ScopeKind]] = {
+    "get_customer_history": {"customer_id": "customer"},
+    "get_conversation": {"conversation_id": "conversation"},
+    "get_ticket": {"ticket_number": "ticket"},
+    "send_response": {"ticket_number": "ticket", "conversation_id": "conversation"},
+    "create_ticket": {"customer_id": "customer", "conversation_id": "conversation"},
+    "update_ticket": {"ticket_number": "ticket"},
+    "escalate_to_human": {"ticket_number": "ticket"},
+    "record_agent_turn": {"message_id": "message"},
+    "search_knowledge_base": UNSCOPED,
+    "search_products": UNSCOPED,
+    "claim_inbound": UNSCOPED,  # takes a lease; never names a customer
+}
+
+# Resources: URI (or URI template) -> roles. Anything not listed: staff readers. Not the agent:
+# resources, prompts and completions take any customer's id, outside its lease scope.
+_READERS: frozenset[Role] = frozenset({"admin", "staff", "readonly"})
 RESOURCE_ROLES: dict[str, frozenset[Role]] = {
     "crm://audit": frozenset({"admin"}),
 }
-# Prompts and completions read customer data: every role but bridge.
-PROMPT_ROLES = _NOT_BRIDGE
-COMPLETION_ROLES = _NOT_BRIDGE  # completions list customer identities: roles that may read customers
+# Prompts and completions read customer data: staff readers only.
+PROMPT_ROLES = _READERS
+COMPLETION_ROLES = _READERS  # completions list customer identities: roles that may read any customer
 
 
 def tool_roles(name: str, read_only: bool) -> frozenset[Role]:
@@ -66,7 +92,8 @@ def may_call(role: Role, name: str, read_only: bool) -> bool:
 
 
 def resource_roles(uri: str) -> frozenset[Role]:
-    return RESOURCE_ROLES.get(uri.split("?", 1)[0].rstrip("/"), _NOT_BRIDGE)
+    # A template's query part ({?x}) and a read's (?x=1) both go: one entry covers both.
+    return RESOURCE_ROLES.get(uri.split("{?", 1)[0].split("?", 1)[0].rstrip("/"), _READERS)
 
 
 def may_read_resource(role: Role, uri: str) -> bool:

@@ -125,6 +125,9 @@ async def test_the_agent_answers_from_the_kb_and_escalates_what_a_person_must_ha
     conn = await asyncpg.connect(demo_dsn)
     try:
         every_reply = [r["content"] for r in await conn.fetch("SELECT content FROM messages WHERE role = 'agent'")]
+        records = {str(r["message_id"]): r for r in await conn.fetch(
+            "SELECT message_id, decision, reason, tools_called, article_ids, model, latency_ms FROM agent_turns "
+            "WHERE message_id = ANY($1::uuid[])", [question["message_id"], refund["message_id"], legal["message_id"]])}
         other = await conn.fetchrow(
             "SELECT c.name, c.company FROM customers c JOIN customer_identifiers i ON i.customer_id = c.id WHERE i.value = $1",
             OTHER_PHONE)
@@ -148,6 +151,15 @@ async def test_the_agent_answers_from_the_kb_and_escalates_what_a_person_must_ha
     for secret in ("newbie@example.com", "forgot my password", "lawyer", "Brightlane", "Test Customer"):
         assert secret not in raw
     assert {t["message_id"] for t in decided} >= set(mine), "both agents' turns are recorded"
+    # and each turn is recorded in the CRM for staff (record_agent_turn)
+    assert not [t for t in turns if t["event"] == "agent_record_failed"], turns
+    for mid, decision in mine.items():
+        assert records[mid]["decision"] == decision and records[mid]["model"] == "offline"
+    answered_rec, refund_rec = records[question["message_id"]], records[refund["message_id"]]
+    assert json.loads(answered_rec["tools_called"]) == ["search_knowledge_base", "send_response"]
+    assert [str(a) for a in answered_rec["article_ids"]] == [by_id[question["message_id"]]["article_id"]]
+    assert json.loads(refund_rec["tools_called"]) == ["escalate_to_human", "send_response"]
+    assert "refund_or_pricing_negotiation" in refund_rec["reason"] and refund_rec["article_ids"] == []
 
 
 async def test_an_agent_killed_mid_turn_is_replaced_and_the_customer_gets_one_reply(demo_dsn: str) -> None:
@@ -194,6 +206,12 @@ async def test_an_agent_killed_mid_turn_is_replaced_and_the_customer_gets_one_re
             assert took < 12, f"the work came back {took:.1f} s after the kill (lease 5 s)"
             turns = [t for t in agent_log(rescuer) if t["event"] == "agent_turn" and t["message_id"] == ing["message_id"]]
             assert len(turns) == 1 and turns[0]["attempt"] == 2 and turns[0]["decision"] == "answered"
+            conn = await asyncpg.connect(demo_dsn)
+            try:  # the killed turn left no record; the rescuer's is attempt 2
+                recs = await conn.fetch("SELECT attempt, decision FROM agent_turns WHERE message_id = $1::uuid", ing["message_id"])
+            finally:
+                await conn.close()
+            assert [(r["attempt"], r["decision"]) for r in recs] == [(2, "answered")]
 
 
 async def test_a_tool_error_fails_closed_into_an_escalation_with_the_holding_reply(demo_dsn: str) -> None:
@@ -214,6 +232,9 @@ async def test_a_tool_error_fails_closed_into_an_escalation_with_the_holding_rep
         turns = [t for t in agent_log(agent) if t.get("message_id") == ing["message_id"]]
         assert [t["event"] for t in turns] == ["agent_tool_error", "agent_turn"], turns
         assert turns[-1]["decision"] == "escalated_error"
+        rec = await conn.fetchrow("SELECT decision, reason, tools_called FROM agent_turns WHERE message_id = $1::uuid", ing["message_id"])
+        assert rec["decision"] == "escalated_error" and "tool error" in rec["reason"]
+        assert json.loads(rec["tools_called"]) == ["search_knowledge_base", "send_response", "escalate_to_human", "send_response"]
     finally:
         await conn.execute("UPDATE channel_configs SET max_response_length = 1000 WHERE channel = 'web_form'")
         await conn.close()

@@ -206,6 +206,7 @@ MIRRORED: dict[tuple[str, str], tuple[str, ...]] = {
     ("knowledge_base", "category"): get_args(v.KbCategory),
     ("feedback", "channel"): get_args(v.Channel),
     ("analytics_daily", "channel"): ("all", *get_args(v.Channel)),  # 'all' is the per-day total row
+    ("agent_turns", "decision"): get_args(v.AgentDecision),
     ("api_tokens", "role"): ROLES,  # server/roles.py: the access policy's roles
 }
 # Vocabularies only the database and the SQL next to them use; no Python Literal mirrors them.

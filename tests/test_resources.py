@@ -49,6 +49,7 @@ async def test_lists(db_dsn: str, mode: str) -> None:
         assert set(templates) == {
             "crm://customers/{customer_id}", "crm://tickets/{ticket_number}",
             "crm://conversations/{conversation_id}", "crm://channels/{channel}/config",
+            "crm://agent/turns{?conversation_id}",  # issue 15: the agent's turn records (tests/test_lease_scope.py)
         }
         for t in templates.values():
             assert t.title and t.description and t.mime_type == "application/json"

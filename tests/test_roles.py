@@ -17,7 +17,7 @@ pytestmark = pytest.mark.anyio
 ALL = {s.name for s in all_tools()}
 READ = {s.name for s in all_tools() if s.annotations.read_only_hint}
 AGENT = {"get_customer_history", "get_conversation", "get_ticket", "search_knowledge_base", "search_products",
-         "send_response", "create_ticket", "update_ticket", "escalate_to_human", "claim_inbound"}
+         "send_response", "create_ticket", "update_ticket", "escalate_to_human", "claim_inbound", "record_agent_turn"}
 BRIDGE = {"ingest_message", "update_delivery_status", "claim_outbox", "get_ticket_updates"}
 EXPECTED = {"admin": ALL, "staff": ALL, "agent": AGENT, "bridge": BRIDGE, "readonly": READ}
 
@@ -66,9 +66,14 @@ async def test_each_role_sees_and_calls_only_its_tools(db_dsn: str) -> None:
             with pytest.raises(MCPError, match="may not use completions"):
                 await bridge.complete(ResourceTemplateReference(type="ref/resource", uri="crm://customers/{customer_id}"),
                                       {"name": "customer_id", "value": cid[:4]})
+        async with bearer_client(srv.url, tokens["admin"]) as admin:
+            # An agent reads a customer only within a conversation it claimed (tests/test_lease_scope.py).
+            await call(admin, "ingest_message", channel="web_form", channel_message_id="role-test-1",
+                       sender={"email": "role-test@example.com"}, content="Where do I find my invoices?")
         async with bearer_client(srv.url, tokens["agent"]) as agent:
             res = await agent.call_tool("merge_customers", {"source_customer_id": cid, "target_customer_id": cid})
             assert res.is_error and "role 'agent' may not call merge_customers" in result_text(res)
+            assert (await call(agent, "claim_inbound"))["work"]["customer_id"] == cid
             history = await call(agent, "get_customer_history", customer_id=cid)
             assert history
         async with bearer_client(srv.url, tokens["readonly"]) as ro:

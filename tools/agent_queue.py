@@ -5,7 +5,9 @@ longest, with a lease (FOR UPDATE SKIP LOCKED on the conversation row, so two ag
 same conversation). Waiting = an inbound customer message with no agent or human reply after it,
 in an 'active' conversation whose unfinished ticket is not escalated. The lease ends when the
 conversation gets a reply (send_response) or is escalated (escalate_to_human): database triggers
-of migrations/0006_agent_queue.sql do it, so those tools need no knowledge of the queue. A lease
+of migrations/0006_agent_queue.sql do it, so those tools need no knowledge of the queue. The claim
+records its holder (tools/plumbing/context.lease_holder); the server lets an agent-role holder
+touch only that conversation's customer (crm_mcp.server.lease_scope). A lease
 that lapses (the agent died) makes the conversation claimable again. With wait_s the claim
 long-polls on LISTEN/NOTIFY like claim_outbox (tools/replies.py)."""
 
@@ -20,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from crm_mcp.tools.engines.formatting import untrusted
 from crm_mcp.tools.engines.rules import EscalationCode, escalation_reasons
 from crm_mcp.tools.models import Out
-from crm_mcp.tools.plumbing.context import Crm
+from crm_mcp.tools.plumbing.context import Crm, lease_holder
 from crm_mcp.tools.plumbing.registry import crm_tool
 from crm_mcp.tools.plumbing.longpoll import wait_for_work
 from crm_mcp.tools.vocabulary import Channel
@@ -83,7 +85,8 @@ WITH pick AS (
     LIMIT 1
     FOR UPDATE OF v SKIP LOCKED
 )
-UPDATE conversations c SET agent_lease_until = now() + make_interval(secs => $1), agent_claims = c.agent_claims + 1
+UPDATE conversations c SET agent_lease_until = now() + make_interval(secs => $1), agent_claims = c.agent_claims + 1,
+                           agent_lease_holder = $2, agent_scope_until = now() + make_interval(secs => $1)
 FROM pick WHERE c.id = pick.id
 RETURNING c.id, c.customer_id, c.agent_lease_until, c.agent_claims, pick.ticket_number, pick.first_at
 """
@@ -96,7 +99,7 @@ ORDER BY created_at, id
 
 
 async def _claim(conn: asyncpg.Connection, crm: Crm, lease_s: float) -> ClaimInboundResult:
-    row = await conn.fetchrow(CLAIM_SQL, float(lease_s))
+    row = await conn.fetchrow(CLAIM_SQL, float(lease_s), lease_holder.get())
     if row is None:
         return ClaimInboundResult(work=None, lease_until=None)
     msgs = await conn.fetch(WAITING_SQL, row["id"], row["first_at"])

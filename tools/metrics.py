@@ -23,6 +23,9 @@ source channel, the metric's channel or the rated message's / ticket's channel):
     response_latency_ms  latest inbound message -> reply, ms, for replies sent in the period (agent_metrics)
     ai_resolution_rate   of the tickets resolved in the period, the share whose conversation never had a human reply
     csat                 share of feedback ratings of 4 or 5 among the ratings given in the period
+    agent                the answering agent's turns recorded in the period (agent_turns, channel = the
+                         answered message's): turns, answered without escalation / turns, escalation
+                         decisions and reasons with counts, turn latency p50/p95 (tools/agent_turns.py)
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from crm_mcp.tools.models import Out
 from crm_mcp.tools.plumbing.params import MessageId, Text, TicketNumber
 from crm_mcp.tools.plumbing.registry import crm_tool
 from crm_mcp.tools.tickets import fetch_ticket
+from crm_mcp.tools.agent_turns import AgentFigures, figures
 
 WINDOWS: dict[str, timedelta] = {
     "1h": timedelta(hours=1),
@@ -123,6 +127,7 @@ class MetricsResult(Out):
     since: datetime = Field(description="Start of the period (inclusive).")
     until: datetime = Field(description="End of the period (exclusive).")
     channels: list[ChannelMetrics] = Field(description="One entry per channel, then 'total' (all channels together).")
+    agent: AgentFigures = Field(description="The AI agent's recorded turns.")
 
 
 # Each query groups by ROLLUP(channel): one row per channel plus a total row (is_total).
@@ -278,7 +283,8 @@ async def compute(conn: asyncpg.Connection, since: datetime, until: datetime, ch
             if key in merged:  # rows with no channel recorded count only in the total
                 merged[key].update({k: v for k, v in row.items() if k not in ("channel", "is_total")})
     names = [channel, "total"] if channel else [*CHANNELS, "total"]
-    return MetricsResult(since=since, until=until, channels=[_entry(name, merged[name]) for name in names])
+    return MetricsResult(since=since, until=until, channels=[_entry(name, merged[name]) for name in names],
+                         agent=await figures(conn, since, until, channel))
 
 
 # record_feedback ------------------------------------------------------------------------------

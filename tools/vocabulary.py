@@ -32,6 +32,8 @@ TicketCategory = Literal[
 KbCategory = Literal[
     "general", "account", "billing", "feature", "troubleshooting", "integrations", "security", "faq"
 ]
+# What an agent turn ended in (agent_turns.decision, migrations/0007_agent_turns.sql).
+AgentDecision = Literal["answered", "escalated_rule", "escalated_no_answer", "escalated_error", "escalated_model_failure"]
 Tone = Literal["formal", "conversational", "semi-formal"]
 
 CHANNELS: tuple[str, ...] = get_args(Channel)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
 
@@ -15,6 +16,11 @@ import asyncpg
 
 if TYPE_CHECKING:
     from crm_mcp.tools.engines.embeddings import Embedder
+
+# Who holds the agent leases this call takes or acts under: an API token's name, a JWT subject or
+# one stdio server process, as the server's guard names it (crm_mcp.server.guard sets it around
+# every tool call). claim_inbound stores it with the lease; record_agent_turn checks against it.
+lease_holder: ContextVar[str | None] = ContextVar("crm_lease_holder", default=None)
 
 
 class CrmSettings(Protocol):
