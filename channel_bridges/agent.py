@@ -20,7 +20,7 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -167,16 +167,22 @@ def main(*, server: str | None = None, token: str | None = None, lease_s: float 
          turn_delay_s: float = 0.0, log_level: str = "INFO", llm: str | None = None, model: str | None = None) -> None:
     configure(log_level)
     if llm is None:  # a configured model means the model brain; a fresh install has none and runs offline
-        llm = "openai" if os.environ.get("CRM_AGENT_MODEL") or os.environ.get("OPENAI_BASE_URL") else "offline"
+        llm = "openai" if model or os.environ.get("CRM_AGENT_MODEL") else "offline"
+        if llm == "offline" and os.environ.get("OPENAI_BASE_URL"):
+            # Not an error: `crm-mcp up` starts the agent without flags, and a shell may set this for other tools.
+            event(log, "llm_not_configured", logging.WARNING,
+                  detail="OPENAI_BASE_URL is set but no model (CRM_AGENT_MODEL or --model): running offline")
     brain = None
     if llm == "openai":
         from .agent_llm import LlmBrain, LlmSettings
 
         try:
-            brain = LlmBrain(LlmSettings.from_env(model))
+            settings = LlmSettings.from_env(model)
         except ValueError as exc:  # the user's configuration: one line, exit 2
             print(f"crm-mcp agent: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
+        # A turn must end before its claim lapses, or another agent could answer the same message meanwhile.
+        brain = LlmBrain(replace(settings, turn_timeout_s=min(settings.turn_timeout_s, max(5.0, lease_s - 10))))
     target = CrmTarget.from_env(server, token)
     if target.mode == "stdio":
         # The spawned server gets only the agent's tools.

@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--wait-s", type=float, default=20.0, help="long-poll seconds per claim (default 20)")
     agent.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="env CRM_LOG_LEVEL")
     agent.add_argument("--llm", choices=["offline", "openai"], help="offline: knowledge base only; openai: any OpenAI-compatible endpoint "
-                       "(OPENAI_BASE_URL, OPENAI_API_KEY). Default: openai when CRM_AGENT_MODEL or OPENAI_BASE_URL is set")
+                       "(OPENAI_BASE_URL, OPENAI_API_KEY). Default: openai when a model is set (--model, CRM_AGENT_MODEL)")
     agent.add_argument("--model", help="model name for --llm openai (env CRM_AGENT_MODEL)")
     agent.add_argument("--turn-delay-s", type=float, default=0.0, help=argparse.SUPPRESS)  # tests: kill mid-turn
 
