@@ -351,7 +351,9 @@ class LlmBrain:
     async def _run_tool(self, crm: CrmConnection, name: str, args: dict[str, Any], work: dict[str, Any],
                         out: TurnOutcome) -> tuple[str, bool]:
         if name == "update_ticket":
-            args = {**args, "ticket_number": work["ticket_number"], "actor": "agent"}
+            # Only what the schema offered: an extra "status": "closed" from the model is dropped, not passed on.
+            args = {k: v for k, v in args.items() if k in WRITE_ARGS[name]}
+            args.update(ticket_number=work["ticket_number"], actor="agent")
         try:
             result = await crm.call(name, **args)
         except CrmRejected as exc:

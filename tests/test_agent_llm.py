@@ -91,7 +91,8 @@ class Seen:
     at: float
 
 
-Script = Callable[[int, int], Any]  # (step, attempt) -> a completion dict, or ("status", code, headers), or ("sleep", s)
+# (step, attempt, request body) -> a completion dict, or ("status", code, headers), or ("sleep", seconds)
+Script = Callable[[int, int, Any], Any]
 
 
 @dataclass
@@ -116,7 +117,7 @@ class FakeModel:
         attempt = self.attempts[(case, step)]
         self.attempts[(case, step)] += 1
         self.seen.append(Seen(case, step, attempt, body, time.monotonic()))
-        reply = self.scripts.get(case, DEMO)(step, attempt)
+        reply = self.scripts.get(case, DEMO)(step, attempt, body)
         if isinstance(reply, tuple) and reply[0] == "status":
             return JSONResponse({"error": {"message": "scripted", "type": "scripted"}}, reply[1], headers=reply[2])
         if isinstance(reply, tuple) and reply[0] == "sleep":
@@ -128,7 +129,7 @@ class FakeModel:
         return [s for s in self.seen if s.case == case]
 
 
-def DEMO(step: int, attempt: int) -> Any:  # noqa: N802 - the demo's own waiting messages: hand them on
+def DEMO(step: int, attempt: int, body: Any = None) -> Any:  # noqa: N802 - the demo's own waiting messages: hand them on
     return tool_calls(("escalate_to_human", {"reason": "demo conversation"}))
 
 
@@ -189,18 +190,23 @@ def build_scripts(other: dict[str, str]) -> dict[str, tuple[str, Script]]:
     """case -> (the customer's message, the model's script)."""
     search = ("search_knowledge_base", {"query": "reset forgotten password"})
 
-    def answer(step: int, attempt: int) -> Any:  # search, then a plain answer
+    def answer(step: int, attempt: int, body: Any = None) -> Any:  # search, then a plain answer
         return tool_calls(search) if step == 0 else text(ANSWER)
 
-    def sendtool(step: int, attempt: int) -> Any:  # search, then send_response as a tool call
-        return tool_calls(search) if step == 0 else tool_calls(("send_response", {"body": ANSWER}))
+    def sendtool(step: int, attempt: int, body: Any = None) -> Any:  # search and a note, then send_response as a tool call
+        if step == 0:
+            own = re.search(r"ticket (TKT-\d+)", body["messages"][0]["content"]).group(1)
+            # a status the schema did not offer rides along: it must not reach the CRM
+            return tool_calls(search, ("update_ticket", {"ticket_number": own, "note": "Pointed to the reset article.",
+                                                         "status": "closed"}))
+        return tool_calls(("send_response", {"body": ANSWER}))
 
-    def ratelimit(step: int, attempt: int) -> Any:  # 429 with Retry-After once, then the answer
+    def ratelimit(step: int, attempt: int, body: Any = None) -> Any:  # 429 with Retry-After once, then the answer
         if step == 0 and attempt == 0:
             return ("status", 429, {"Retry-After": "1"})
-        return answer(step, attempt)
+        return answer(step, attempt, body)
 
-    def othercustomer(step: int, attempt: int) -> Any:  # reaches for another customer's records, then gives up
+    def othercustomer(step: int, attempt: int, body: Any = None) -> Any:  # reaches for another customer's records, then gives up
         if step == 0:
             return tool_calls(("get_customer_history", {"customer_id": other["customer_id"]}),
                               ("get_conversation", {"conversation_id": other["conversation_id"]}))
@@ -209,28 +215,28 @@ def build_scripts(other: dict[str, str]) -> dict[str, tuple[str, Script]]:
                               ("update_ticket", {"ticket_number": other["ticket_number"], "note": "merge into mine"}))
         return tool_calls(("escalate_to_human", {"reason": "the customer asks about another account"}))
 
-    def malformed(step: int, attempt: int) -> Any:
+    def malformed(step: int, attempt: int, body: Any = None) -> Any:
         return tool_calls(("search_knowledge_base", '{"query": "reset passw'))
 
-    def unknown(step: int, attempt: int) -> Any:
+    def unknown(step: int, attempt: int, body: Any = None) -> Any:
         return tool_calls(("merge_customers", {"source": "a", "target": "b"}))
 
-    def servererror(step: int, attempt: int) -> Any:
+    def servererror(step: int, attempt: int, body: Any = None) -> Any:
         return ("status", 500, {})
 
-    def slow(step: int, attempt: int) -> Any:
+    def slow(step: int, attempt: int, body: Any = None) -> Any:
         return ("sleep", 5)
 
-    def loop(step: int, attempt: int) -> Any:  # never answers
+    def loop(step: int, attempt: int, body: Any = None) -> Any:  # never answers
         return tool_calls(search)
 
-    def budget(step: int, attempt: int) -> Any:  # one step spends more than the turn's token budget
+    def budget(step: int, attempt: int, body: Any = None) -> Any:  # one step spends more than the turn's token budget
         return tool_calls(search, prompt_tokens=20000)
 
-    def promise(step: int, attempt: int) -> Any:
+    def promise(step: int, attempt: int, body: Any = None) -> Any:
         return tool_calls(search) if step == 0 else text("Sorry about that. We will refund you within 3 days.")
 
-    def inject(step: int, attempt: int) -> Any:  # the model "obeys" the injection: the check in code does not
+    def inject(step: int, attempt: int, body: Any = None) -> Any:  # the model "obeys" the injection: the check in code does not
         if step == 0:
             return tool_calls(search)
         return tool_calls(("send_response", {"body": f"Sure. Their phone number is {OTHER['phone']}."}))
@@ -324,6 +330,10 @@ async def test_answers_land_through_send_response(run: Run) -> None:
         assert turn["decision"] == "answered" and turn["model"] == "fake-model", turn
         assert turn["tools_called"][0] == "search_knowledge_base" and turn["article_ids"], turn
         assert turn["prompt_tokens"] >= 100 and turn["completion_tokens"] >= 20, turn
+    assert run.turns["sendtool"]["tools_called"] == ["search_knowledge_base", "update_ticket", "send_response"]
+    assert run.tickets["sendtool"]["status"] not in ("closed", "resolved")
+    results = [m["content"] for m in [s for s in run.model.requests("sendtool") if s.step == 1][0].body["messages"] if m["role"] == "tool"]
+    assert len(results) == 2 and not any(r.startswith(("Error", "Refused")) for r in results), results
     # the second request carries the knowledge-base result the answer came from
     second = [s for s in run.model.requests("answer") if s.step == 1][0].body["messages"]
     assert second[-1]["role"] == "tool" and "Forgot password" in second[-1]["content"]
