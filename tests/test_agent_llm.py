@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import asyncpg
 import httpx
 import pytest
 import uvicorn
@@ -40,6 +41,7 @@ from crm_mcp.channel_bridges.agent_policy import HOLDING_REPLY
 
 from .conftest import REPO, TEMPLATE_DB, call, scratch_database, server_env
 from .http_server import bearer_client, free_port, http_server, make_token
+from .test_agent import agent_process
 from .webform_helpers import stop_process
 
 pytestmark = pytest.mark.anyio
@@ -477,6 +479,25 @@ def _smollm2() -> str | None:
     return found.stdout.strip() if found.returncode == 0 else None
 
 
+WAITING_SQL = """SELECT count(*) FROM conversations v WHERE v.status = 'active' AND EXISTS (
+    SELECT 1 FROM tickets t WHERE t.conversation_id = v.id AND t.status IN ('open', 'in_progress', 'waiting'))
+  AND EXISTS (SELECT 1 FROM messages m WHERE m.conversation_id = v.id AND m.role = 'customer'
+    AND m.created_at > coalesce((SELECT max(created_at) FROM messages r WHERE r.conversation_id = v.id
+      AND r.role IN ('agent', 'human')), '-infinity'))"""
+
+
+async def drain_with_the_offline_agent(dsn: str, url: str, token: str) -> None:
+    """The demo's own waiting messages go first in the queue: the offline agent takes them."""
+    with agent_process(url, token, "--wait-s", "1"):
+        conn = await asyncpg.connect(dsn)
+        try:
+            with anyio.fail_after(120):
+                while await conn.fetchval(WAITING_SQL):
+                    await anyio.sleep(0.2)
+        finally:
+            await conn.close()
+
+
 @pytest.mark.slow
 async def test_one_turn_on_a_real_small_model(pg_admin_dsn: str, template_dsn: str) -> None:
     """llama-cpp-python's server with SmolLM2-135M-Instruct (scripts/smollm2.sh). A 135M model is
@@ -504,6 +525,7 @@ async def test_one_turn_on_a_real_small_model(pg_admin_dsn: str, template_dsn: s
             assert seeded.returncode == 0, seeded.stderr[-2000:]
             tokens = {r: await make_token(dsn, f"llm-real-{r}-{uuid.uuid4().hex[:6]}", r) for r in ("admin", "bridge", "agent")}
             async with http_server(dsn) as srv:
+                await drain_with_the_offline_agent(dsn, srv.url, tokens["agent"])
                 async with bearer_client(srv.url, tokens["bridge"]) as bridge, bearer_client(srv.url, tokens["admin"]) as staff:
                     ing = await call(bridge, "ingest_message", channel="web_form", channel_message_id=f"llm-real-{uuid.uuid4().hex}",
                                      sender={"email": "real@customers.example", "name": "Test Customer"},
