@@ -141,6 +141,14 @@ class ModelFailure(Exception):
     """The model cannot finish this turn; the message is the reason given to staff (no customer text)."""
 
 
+class _Escalation(Exception):
+    """The turn ends in an escalation decided by the checks (or asked for by the model)."""
+
+    def __init__(self, decision: Decision, reason: str, from_model: bool = False) -> None:
+        super().__init__(reason)
+        self.decision, self.reason, self.from_model = decision, reason, from_model
+
+
 def function_schemas(tools: list[Any]) -> list[dict[str, Any]]:
     """The MCP tools of the lease as Chat Completions function tools (write tools trimmed to the
     arguments the model may choose)."""
@@ -192,13 +200,14 @@ def answer_problem(body: str, channel: str, context: str) -> tuple[str, bool] | 
     if PROMISE.search(text) or DATE_PROMISE.search(text):
         return "the drafted answer promised a refund, discount or date", False
     seen = context.lower()
-    digits_seen = re.sub(r"\D", "", context)
+    # Per number, not all digits run together: a UUID or timestamp in a tool result must not vouch for a phone number.
+    numbers_seen = [re.sub(r"\D", "", n) for n in PHONE.findall(context)]
     for found in EMAIL.findall(text):
         if found.lower() not in seen:
             return "the drafted answer held an email address that was not in this conversation's records", False
     for found in PHONE.findall(text):
         digits = re.sub(r"\D", "", found)
-        if len(digits) >= 7 and digits not in digits_seen:
+        if len(digits) >= 7 and not any(digits in n for n in numbers_seen):
             return "the drafted answer held a phone number that was not in this conversation's records", False
     return None
 
@@ -406,9 +415,3 @@ class LlmBrain:
             if time.monotonic() + delay > deadline - 1.0:
                 raise ModelFailure(f"{what}; no time left in the turn to retry")
             await anyio.sleep(delay)
-
-
-class _Escalation(Exception):
-    def __init__(self, decision: Decision, reason: str, from_model: bool = False) -> None:
-        super().__init__(reason)
-        self.decision, self.reason, self.from_model = decision, reason, from_model
