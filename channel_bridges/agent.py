@@ -18,10 +18,12 @@ and the metrics; a record that fails is logged and never holds up the reply."""
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import sys
 import time
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -29,6 +31,9 @@ from .agent_policy import HOLDING_REPLY, Decision, compose_answer, customer_text
 from .connection import CrmConnection, CrmRejected, CrmTarget, CrmUnavailable
 from .logs import configure, event
 from .retry import Backoff
+
+if TYPE_CHECKING:  # the model brain (and the openai package) load only for --llm openai
+    from .agent_llm import LlmBrain, TurnOutcome
 
 log = logging.getLogger("crm_mcp.agent")
 
@@ -50,6 +55,8 @@ class Agent:
     wait_s: float = 20.0
     # Test hook: pause after a claim, so a test can kill the agent mid-turn. Never set in production.
     turn_delay_s: float = 0.0
+    # --llm openai: the model brain (agent_llm.py) answers what the rules let through; None: offline.
+    brain: LlmBrain | None = None
     stats: AgentStats = field(default_factory=AgentStats)
     _stop: anyio.Event = field(default_factory=anyio.Event)
 
@@ -88,9 +95,15 @@ class Agent:
             await anyio.sleep(self.turn_delay_s)
         article: str | None = None
         reason = rule_reason(work)
+        outcome: TurnOutcome | None = None
         try:
             try:
-                if reason is None:
+                if reason is None and self.brain is not None:
+                    outcome = await self.brain.turn(crm, work, lambda body: self._reply(crm, work, body),
+                                                    lambda why: self._escalate(crm, work, why))
+                    decision = outcome.decision
+                    article = outcome.article_ids[0] if outcome.article_ids else None
+                elif reason is None:
                     search = await crm.call("search_knowledge_base", query=customer_text(work["text"])[:QUERY_CHARS] or "help")
                     answer = compose_answer(search, work["channel"])
                     if answer is not None:
@@ -124,12 +137,15 @@ class Agent:
             self.stats.escalated += 1
         latency_ms = round((time.perf_counter() - started) * 1000, 1)
         event(log, "agent_turn", **ids, decision=decision, article_id=article,
-              rules=[r["code"] for r in work.get("escalation_reasons") or []] or None, latency_ms=latency_ms)
+              rules=[r["code"] for r in work.get("escalation_reasons") or []] or None, latency_ms=latency_ms,
+              **(outcome.log_fields() if outcome else {}))
         try:
             await conn.call("record_agent_turn", message_id=work["message_id"], attempt=work.get("attempt") or 1,
-                            decision=decision, reason=None if decision == "answered" else reason,
-                            tools_called=crm.called, article_ids=[article] if article else [], model="offline",
-                            latency_ms=int(latency_ms))
+                            decision=decision, reason=None if decision == "answered" else (outcome.reason if outcome else reason),
+                            tools_called=crm.called, article_ids=outcome.article_ids if outcome else ([article] if article else []),
+                            model=outcome.model if outcome and outcome.model else "offline",
+                            prompt_tokens=outcome.prompt_tokens if outcome else 0,
+                            completion_tokens=outcome.completion_tokens if outcome else 0, latency_ms=int(latency_ms))
         except (CrmUnavailable, CrmRejected) as exc:  # the customer has the reply; only the record is missing
             event(log, "agent_record_failed", logging.WARNING, **ids, error=str(exc)[:300])
         return decision
@@ -168,16 +184,34 @@ async def serve(agent: Agent) -> None:
                     return
 
         tg.start_soon(watch)
-        event(log, "agent_started", crm=agent.target.mode, lease_s=agent.lease_s)
+        event(log, "agent_started", crm=agent.target.mode, lease_s=agent.lease_s,
+              llm="openai" if agent.brain else "offline", model=agent.brain.settings.model if agent.brain else None)
         await agent.run()
         tg.cancel_scope.cancel()
 
 
 def main(*, server: str | None = None, token: str | None = None, lease_s: float = 120.0, wait_s: float = 20.0,
-         turn_delay_s: float = 0.0, log_level: str = "INFO") -> None:
+         turn_delay_s: float = 0.0, log_level: str = "INFO", llm: str | None = None, model: str | None = None) -> None:
     configure(log_level)
+    if llm is None:  # a configured model means the model brain; a fresh install has none and runs offline
+        llm = "openai" if model or os.environ.get("CRM_AGENT_MODEL") else "offline"
+        if llm == "offline" and os.environ.get("OPENAI_BASE_URL"):
+            # Not an error: `crm-mcp up` starts the agent without flags, and a shell may set this for other tools.
+            event(log, "llm_not_configured", logging.WARNING,
+                  detail="OPENAI_BASE_URL is set but no model (CRM_AGENT_MODEL or --model): running offline")
+    brain = None
+    if llm == "openai":
+        from .agent_llm import LlmBrain, LlmSettings
+
+        try:
+            settings = LlmSettings.from_env(model)
+        except ValueError as exc:  # the user's configuration: one line, exit 2
+            print(f"crm-mcp agent: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+        # A turn must end before its claim lapses, or another agent could answer the same message meanwhile.
+        brain = LlmBrain(replace(settings, turn_timeout_s=min(settings.turn_timeout_s, max(5.0, lease_s - 10))))
     target = CrmTarget.from_env(server, token)
     if target.mode == "stdio":
         # The spawned server gets only the agent's tools.
         target = CrmTarget(serve_args=("--role", "agent"))
-    anyio.run(serve, Agent(target, lease_s=lease_s, wait_s=wait_s, turn_delay_s=turn_delay_s))
+    anyio.run(serve, Agent(target, lease_s=lease_s, wait_s=wait_s, turn_delay_s=turn_delay_s, brain=brain))

@@ -26,7 +26,7 @@ PROMISE = re.compile(
 
 TAG = re.compile(r"^<untrusted-customer-content[^>]*>\n?|\n?</untrusted-customer-content>$")
 
-Decision = Literal["answered", "escalated_rule", "escalated_no_answer", "escalated_error"]
+Decision = Literal["answered", "escalated_rule", "escalated_no_answer", "escalated_error", "escalated_model_failure"]
 
 
 @dataclass(frozen=True)

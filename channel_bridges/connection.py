@@ -150,6 +150,29 @@ class CrmConnection:
         return result.structured_content
 
 
+    async def list_tools(self, timeout_s: float | None = None) -> list[Any]:
+        """The tools this token may call (tools/list, every page)."""
+        limit = timeout_s if timeout_s is not None else self.call_timeout_s
+        if not await self.wait_connected(limit):
+            raise CrmUnavailable(f"no connection to the CRM ({self.last_error or 'connecting'})")
+        client = self._client
+        assert client is not None
+        tools: list[Any] = []
+        cursor: str | None = None
+        try:
+            with anyio.fail_after(limit):
+                while True:
+                    page = await client.list_tools(cursor=cursor)
+                    tools += page.tools
+                    cursor = page.next_cursor
+                    if not cursor:
+                        return tools
+        except Exception as exc:
+            self.last_error = _describe(exc)
+            self._broken.set()
+            raise CrmUnavailable(f"tools/list: {self.last_error}") from None
+
+
 def _describe(exc: BaseException) -> str:
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]

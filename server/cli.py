@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--lease-s", type=float, default=120.0, help="seconds a claimed conversation is held (default 120)")
     agent.add_argument("--wait-s", type=float, default=20.0, help="long-poll seconds per claim (default 20)")
     agent.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="env CRM_LOG_LEVEL")
+    agent.add_argument("--llm", choices=["offline", "openai"], help="offline: knowledge base only; openai: any OpenAI-compatible endpoint "
+                       "(OPENAI_BASE_URL, OPENAI_API_KEY). Default: openai when a model is set (--model, CRM_AGENT_MODEL)")
+    agent.add_argument("--model", help="model name for --llm openai (env CRM_AGENT_MODEL)")
     agent.add_argument("--turn-delay-s", type=float, default=0.0, help=argparse.SUPPRESS)  # tests: kill mid-turn
 
     db = sub.add_parser("db", help="database utilities")
@@ -176,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
             from crm_mcp.channel_bridges.agent import main as agent
 
             agent(server=ns.server, token=ns.token, lease_s=ns.lease_s, wait_s=ns.wait_s,
-                  turn_delay_s=ns.turn_delay_s, log_level=settings.log_level)
+                  turn_delay_s=ns.turn_delay_s, log_level=settings.log_level, llm=ns.llm, model=ns.model)
         elif ns.command == "migrate":
             anyio.run(_migrate, settings)
         elif ns.command == "seed-demo":
