@@ -171,6 +171,9 @@ class _Counting:
         self.called.append(tool)
         return await self.conn.call(tool, **arguments)
 
+    def __getattr__(self, name: str) -> Any:  # everything else (list_tools for the model brain) as the connection has it
+        return getattr(self.conn, name)
+
 
 async def serve(agent: Agent) -> None:
     async with anyio.create_task_group() as tg:
