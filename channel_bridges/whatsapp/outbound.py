@@ -82,7 +82,7 @@ class Sender:
             done = await meta.send(self.http, s.meta, part.recipient, {"type": "template", "template": template},
                                    meta.opaque_data(part.message_id, part.attempt))
         else:
-            raise PermanentDeliveryError(f"not sent: {why}, and no approved template is configured for {provider}; "
-                                         "a person must reach the customer another way", escalate=True)
+            raise PermanentDeliveryError(f"not sent: {why}; no approved template is configured for {provider}, "
+                                         "so a person must reach the customer another way", escalate=True)
         event(log, "whatsapp_template_sent", message_id=part.message_id, provider=provider)
         return done
