@@ -194,7 +194,7 @@ class DeliveryInput(BaseModel):
     )
     status: Literal["sent", "delivered", "read", "failed"] = Field(description="New delivery status reported by the channel.")
     error: str | None = Field(default=None, max_length=2000, description="Provider error text when status is failed.")
-    escalate: bool = Field(default=False, description="With failed: also escalate the ticket, the error as reason.")
+    escalate: bool = Field(default=False, description="failed only: also escalate the ticket, error as reason.")
 
     @model_validator(mode="after")
     def _which(self) -> DeliveryInput:
@@ -217,7 +217,7 @@ async def update_delivery_status(crm: Crm, args: DeliveryInput) -> DeliveryResul
     """Record what a channel reported about an outbound message (for bridges); this ends the
     bridge's claim_outbox lease. Statuses only move forward (pending -> sent -> delivered -> read;
     failed from any non-final state); late or repeated reports are ignored with changed=false.
-    failed with an error adds an internal note on the ticket naming the provider's reason; escalate=true also escalates it.
+    failed with an error adds an internal note on the ticket naming the provider's reason.
     Identify the message by message_id, or by channel + channel_message_id once recorded."""
     async with crm.tx() as conn:
         if args.message_id is not None:
