@@ -5,6 +5,9 @@ as Twilio and Meta sign them. Bad signatures store nothing; retries store one me
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -13,7 +16,7 @@ import asyncpg
 import httpx
 import pytest
 
-from .conftest import call, mcp_client
+from .conftest import REPO, call, mcp_client
 from .webform_helpers import crm_http
 from .whatsapp_fakes import (
     META_VERIFY, fake_provider, meta_envelope, meta_text, provider_env, twilio_inbound, whatsapp,
@@ -147,3 +150,23 @@ async def test_media_interactive_location_unsupported_and_names(db_dsn: str, tmp
     assert len(customers) == 3
     idents = await _rows(db_dsn, "SELECT kind, value FROM customer_identifiers WHERE customer_id = $1 ORDER BY kind", img["customer_id"])
     assert ("whatsapp", "+15551230005") in [(r["kind"], r["value"]) for r in idents]
+
+
+def test_a_half_configured_provider_is_refused_in_one_line(tmp_path: Path) -> None:
+    def run(**env: str) -> subprocess.CompletedProcess[str]:
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("CRM_", "TWILIO_", "META_", "WHATSAPP_"))}
+        return subprocess.run([sys.executable, "-m", "crm_mcp.server.cli", "bridge", "whatsapp", "--port", "1"],
+                              env={**base, "CRM_DATA_DIR": str(tmp_path), **env}, cwd=str(REPO), capture_output=True,
+                              text=True, timeout=60)
+
+    none = run()
+    assert none.returncode == 2 and "no WhatsApp provider configured" in none.stderr and "Traceback" not in none.stderr
+    half = run(META_APP_SECRET="s", META_VERIFY_TOKEN="v")
+    assert half.returncode == 2 and "Traceback" not in half.stderr
+    assert "Meta is half configured: set META_ACCESS_TOKEN, META_PHONE_NUMBER_ID as well" in half.stderr
+    bad = run(TWILIO_ACCOUNT_SID="AC1", TWILIO_AUTH_TOKEN="t", TWILIO_WHATSAPP_NUMBER="0800 123")
+    assert bad.returncode == 2 and "TWILIO_WHATSAPP_NUMBER must be E.164" in bad.stderr
+    params = run(TWILIO_ACCOUNT_SID="AC1", TWILIO_AUTH_TOKEN="t", TWILIO_WHATSAPP_NUMBER="+14155238886",
+                 WHATSAPP_TEMPLATE_PARAMS="{ticket_number}")
+    assert params.returncode == 2 and "WHATSAPP_TEMPLATE_PARAMS must be a JSON list of strings" in params.stderr
+    assert len(params.stderr.strip().splitlines()) == 1
