@@ -104,6 +104,16 @@ async def test_twilio_reply_inside_the_window_and_status_callbacks(db_dsn: str, 
         assert wa.post_twilio(http, "/twilio/status", {"MessageSid": sid2, "MessageStatus": "read"}).status_code == 200
         assert (await _message(db_dsn, second))["delivery_status"] == "read"
 
+        # Twilio accepts a send and reports 63016 later, in an undelivered callback: failed, noted, escalated
+        third = await _reply(db_dsn, await _ticket(db_dsn, "SM" + "1" * 32), "And one more.")
+        sent3 = fake.wait_sends("twilio", 3)[2]
+        sid3 = (await _wait_status(db_dsn, third, "sent"))["channel_message_id"]
+        assert _twilio_status(wa, http, sent3.body["StatusCallback"], sid3, "undelivered", ErrorCode="63016").status_code == 200
+        row = await _message(db_dsn, third)
+        assert row["delivery_status"] == "failed" and row["delivery_error"].startswith("Twilio 63016")
+        t = await _row(db_dsn, "SELECT status FROM tickets WHERE ticket_number = $1", await _ticket(db_dsn, "SM" + "1" * 32))
+        assert t["status"] == "escalated"
+
 
 async def test_meta_reply_retries_a_429_and_applies_status_webhooks(db_dsn: str, tmp_path: Path) -> None:
     with fake_provider() as fake, crm_http(db_dsn, tmp_path) as url, \
@@ -138,6 +148,20 @@ async def test_meta_reply_retries_a_429_and_applies_status_webhooks(db_dsn: str,
         assert wa.post_meta(http, meta_envelope(statuses=[plain])).status_code == 200
         assert (await _message(db_dsn, reply))["delivery_status"] == "read"
         assert http.get(f"{wa.base}/healthz").json()["status_refused"] == 0
+
+        # Meta accepts a send and reports the window error later, in a failed status: failed, noted, escalated
+        ticket = await _ticket(db_dsn, "wamid.M1")
+        later = await _reply(db_dsn, ticket, "One more thing.")
+        wamid2 = (await _wait_status(db_dsn, later, "sent"))["channel_message_id"]
+        failed = {"id": wamid2, "status": "failed", "timestamp": str(int(time.time())), "recipient_id": "15551240002",
+                  "biz_opaque_callback_data": f"crm:{later}:1",
+                  "errors": [{"code": 131047, "title": "Re-engagement message",
+                              "error_data": {"details": "Message failed to send because more than 24 hours have passed"}}]}
+        assert wa.post_meta(http, meta_envelope(statuses=[failed])).status_code == 200
+        row = await _message(db_dsn, later)
+        assert row["delivery_status"] == "failed" and row["delivery_error"].startswith("Meta 131047: Re-engagement message")
+        t = await _row(db_dsn, "SELECT status, escalation_reason FROM tickets WHERE ticket_number = $1", ticket)
+        assert t["status"] == "escalated" and "131047" in t["escalation_reason"]
 
 
 async def _events(dsn: str, ticket: str) -> list[tuple[str, str | None, str | None]]:
