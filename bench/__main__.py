@@ -12,7 +12,9 @@
 5. agent: one and two offline `crm-mcp agent` processes, answered per second and ingest-to-reply,
    against the bare ingest -> claim_inbound -> search_knowledge_base -> send_response calls
    (bench/agent.py, its own process, about 2 minutes).
-6. --profile: bench/profile_stdio.py (needs py-spy).
+6. whatsapp: signed Twilio and Meta webhooks per second through `crm-mcp bridge whatsapp` vs.
+   the bare ingest_message floor (bench/whatsapp.py, in its own process; its JSON is merged).
+7. --profile: bench/profile_stdio.py (needs py-spy).
 
 Every figure is printed next to a floor measured in the same run (the machine is shared and
 noisy); the summary table is also in the JSON under "rows".
@@ -128,6 +130,8 @@ def main() -> None:
     p.add_argument("--kb-args", default="--sizes 10000",
                    help="arguments for bench.kb_latency (default '--sizes 10000'; its own default 10k+100k took ~24 min here)")
     p.add_argument("--skip-agent", action="store_true", help="skip bench.agent")
+    p.add_argument("--skip-whatsapp", action="store_true", help="skip bench.whatsapp")
+    p.add_argument("--whatsapp-args", default="--webhooks 200", help="arguments for bench.whatsapp (default '--webhooks 200')")
     p.add_argument("--profile", action="store_true", help="also run bench.profile_stdio (needs py-spy)")
     p.add_argument("--json", default=str(RESULTS / "latest.json"))
     args = p.parse_args()
@@ -150,6 +154,13 @@ def main() -> None:
         report["kb_latency"] = {"skipped": "bench/kb_latency.py not present"}
     if not args.skip_agent:
         report["agent"] = run_module("bench.agent", [], timeout=600)
+    if not args.skip_whatsapp:
+        with tempfile.TemporaryDirectory() as tmp:
+            jpath = Path(tmp) / "whatsapp.json"
+            res = run_module("bench.whatsapp", ["--json", str(jpath), *args.whatsapp_args.split()], timeout=1800)
+            if jpath.exists():
+                res["results"] = json.loads(jpath.read_text())
+            report["whatsapp"] = res
     if args.profile:
         report["profile"] = run_module("bench.profile_stdio", [], timeout=900)
 

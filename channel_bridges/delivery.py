@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -31,6 +31,7 @@ class OutboundPart(BaseModel):
     part: int = 0
     parts: int = 1
     attempt: int = 1
+    reply_to: dict[str, Any] | None = None  # the customer's latest inbound message on the channel (provider, time)
 
 
 @dataclass(frozen=True)
@@ -47,9 +48,12 @@ class TransientDeliveryError(Exception):
 
 
 class PermanentDeliveryError(Exception):
-    def __init__(self, reason: str) -> None:
+    """escalate: the ticket is escalated with the reason (update_delivery_status escalate=true)."""
+
+    def __init__(self, reason: str, *, escalate: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.escalate = escalate
 
 
 Deliver = Callable[[OutboundPart], Awaitable[Delivered]]

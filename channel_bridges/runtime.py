@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import uvicorn
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
@@ -140,7 +141,7 @@ class Bridge:
                 with anyio.fail_after(self.attempt_timeout_s):
                     done = await self.deliver(part)
             except PermanentDeliveryError as exc:
-                await self._report(part, "failed", error=exc.reason)
+                await self._report(part, "failed", error=exc.reason, escalate=exc.escalate)
                 self.stats.failed += 1
                 event(log, "delivery_failed", logging.WARNING, reason=exc.reason[:200], **ids)
                 return
@@ -169,7 +170,7 @@ class Bridge:
             await anyio.sleep(delay)
 
     async def _report(self, part: OutboundPart, status: str, *, channel_message_id: str | None = None,
-                      error: str | None = None) -> None:
+                      error: str | None = None, escalate: bool = False) -> None:
         """update_delivery_status, retried while the CRM is unreachable. If it never gets through, the
         lease lapses and the part is delivered again under the same message_id (the channel's dedup key)."""
         assert self.crm is not None
@@ -178,6 +179,8 @@ class Bridge:
             args["channel_message_id"] = channel_message_id
         if error:
             args["error"] = error[:2000]
+        if escalate:
+            args["escalate"] = True
         for attempt in range(8):
             try:
                 await self.crm.call("update_delivery_status", timeout_s=20, **args)
@@ -232,6 +235,29 @@ class Bridge:
                 event(log, "stopping", signal=signal.Signals(signum).name, channel=self.channel)
                 self.stop()
                 return
+
+
+async def serve_http(bridge: Bridge, app: Any, *, host: str, port: int, name: str) -> None:
+    """A bridge's HTTP app (uvicorn) and its delivery loop in one process until SIGINT/SIGTERM: then
+    requests in flight and the part being delivered finish."""
+    uv = uvicorn.Server(uvicorn.Config(app, host=host, port=port, access_log=False, log_config=None, lifespan="off"))
+    async with bridge.connected(), anyio.create_task_group() as tg:
+        tg.start_soon(bridge.delivery_loop)
+        watcher = anyio.CancelScope()
+
+        async def watch() -> None:
+            with watcher, anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for signum in signals:
+                    event(log, "stopping", signal=signal.Signals(signum).name, channel=bridge.channel)
+                    uv.should_exit = True  # finish requests in flight, then return
+                    bridge.stop()
+                    return
+
+        tg.start_soon(watch)
+        event(log, f"{name}_listening", url=f"http://{host}:{port}/", crm=bridge.target.mode)
+        await uv.serve()
+        bridge.stop()  # the part being delivered finishes; the task group waits for it
+        watcher.cancel()
 
 
 async def mark_delivered(part: OutboundPart) -> Delivered:

@@ -91,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "default: start `crm-mcp serve` over stdio on the local data directory")
     wf.add_argument("--token", help="bearer token with the bridge role (env CRM_TOKEN)")
     wf.add_argument("--refresh", type=int, default=10, help="seconds between status page refreshes (default 10)")
+    _whatsapp_parser(bridgesub)
 
     agent = sub.add_parser("agent", help="run the offline answering agent (an MCP client of this CRM, role agent)")
     agent.add_argument("--server", help="CRM MCP endpoint, e.g. http://127.0.0.1:8000/mcp (env CRM_SERVER_URL); "
@@ -111,6 +112,48 @@ def build_parser() -> argparse.ArgumentParser:
     stop = dbsub.add_parser("stop", help="stop the embedded PostgreSQL server")
     _common(stop)
     return parser
+
+
+# `bridge whatsapp` settings: each has a flag named after its variable (TWILIO_API_BASE: --twilio-api-base).
+WHATSAPP_SETTINGS = {
+    "TWILIO_ACCOUNT_SID": "Twilio account SID (AC...)", "TWILIO_AUTH_TOKEN": "Twilio auth token (prefer the env variable)",
+    "TWILIO_WHATSAPP_NUMBER": "the business WhatsApp number on Twilio, E.164", "TWILIO_API_BASE": "default https://api.twilio.com",
+    "TWILIO_TEMPLATE_CONTENT_SID": "approved Content template (HX...) sent outside the 24-hour window",
+    "META_APP_SECRET": "Meta app secret (prefer the env variable)", "META_VERIFY_TOKEN": "the verify token set in the Meta app",
+    "META_ACCESS_TOKEN": "Cloud API access token (prefer the env variable)", "META_PHONE_NUMBER_ID": "the sending phone number id",
+    "META_GRAPH_BASE": "default https://graph.facebook.com", "META_GRAPH_VERSION": "Graph API version, default v21.0",
+    "META_TEMPLATE_NAME": "approved template sent outside the 24-hour window", "META_TEMPLATE_LANGUAGE": "its language, default en_US",
+    "WHATSAPP_TEMPLATE_PARAMS": 'template body parameters as a JSON list; {ticket_number} and {text} are filled in (default ["{ticket_number}"])',
+}
+
+
+def _whatsapp_parser(bridgesub: Any) -> None:
+    wa = bridgesub.add_parser("whatsapp", help="WhatsApp through Twilio and/or the Meta Cloud API (webhooks and replies)")
+    wa.add_argument("--port", type=int, default=8090, help="HTTP port of the webhooks (default 8090)")
+    wa.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    wa.add_argument("--server", help="CRM MCP endpoint, e.g. http://127.0.0.1:8000/mcp (env CRM_SERVER_URL); "
+                    "default: start `crm-mcp serve` over stdio on the local data directory")
+    wa.add_argument("--token", help="bearer token with the bridge role (env CRM_TOKEN)")
+    wa.add_argument("--public-url", dest="wa_public_url", metavar="URL",
+                    help="this bridge's external base URL, which signatures are computed over (env CRM_PUBLIC_URL; default http://HOST:PORT)")
+    wa.add_argument("--lease-s", type=float, default=60.0, help="seconds a claimed reply is held before another claim may send it (default 60)")
+    for name, text in WHATSAPP_SETTINGS.items():
+        wa.add_argument("--" + name.lower().replace("_", "-"), dest=f"wa_{name}", metavar="VALUE", help=f"{text} (env {name})")
+
+
+def _bridge_whatsapp(ns: argparse.Namespace, settings: Settings) -> None:
+    import os
+
+    from crm_mcp.channel_bridges.whatsapp import config
+    from crm_mcp.channel_bridges.whatsapp.serve import main as whatsapp
+
+    env = dict(os.environ) | {k: v for k in WHATSAPP_SETTINGS if (v := getattr(ns, f"wa_{k}")) is not None}
+    try:
+        cfg = config.load(env, public_url=ns.wa_public_url, default_public_url=f"http://{ns.host}:{ns.port}")
+    except config.ConfigError as exc:
+        _usage_error(f"bridge whatsapp: {exc}")
+    whatsapp(settings=cfg, port=ns.port, host=ns.host, server=ns.server, token=ns.token, lease_s=ns.lease_s,
+             log_level=settings.log_level)
 
 
 def _settings(ns: argparse.Namespace) -> Settings:
@@ -170,6 +213,8 @@ def main(argv: list[str] | None = None) -> None:
             from .up import run_up
 
             anyio.run(functools.partial(run_up, settings, demo=ns.demo, webform_port=ns.webform_port))
+        elif ns.command == "bridge" and ns.bridge_command == "whatsapp":
+            _bridge_whatsapp(ns, settings)
         elif ns.command == "bridge":
             from crm_mcp.channel_bridges.webform.serve import main as webform
 

@@ -26,7 +26,7 @@ from crm_mcp.tools.models import MessageView, Out
 from crm_mcp.tools.plumbing.registry import crm_tool
 from crm_mcp.tools.plumbing.paging import aware, decode_cursor, encode_cursor
 from crm_mcp.tools.plumbing.params import ConversationId, Cursor, MessageId, Text, TicketNumber
-from crm_mcp.tools.tickets import add_event
+from crm_mcp.tools.tickets import add_event, escalate
 
 DELIVERY_RANK = {"pending": 0, "sent": 1, "delivered": 2, "read": 3}
 FINAL = ("read", "failed")
@@ -194,11 +194,14 @@ class DeliveryInput(BaseModel):
     )
     status: Literal["sent", "delivered", "read", "failed"] = Field(description="New delivery status reported by the channel.")
     error: str | None = Field(default=None, max_length=2000, description="Provider error text when status is failed.")
+    escalate: bool = Field(default=False, description="failed only: also escalate the ticket, error as reason.")
 
     @model_validator(mode="after")
     def _which(self) -> DeliveryInput:
         if self.message_id is None and not (self.channel and self.channel_message_id):
             raise ValueError("give message_id, or channel together with channel_message_id")
+        if self.escalate and self.status != "failed":
+            raise ValueError("escalate is only used with status='failed'")
         return self
 
 
@@ -244,6 +247,10 @@ async def update_delivery_status(crm: Crm, args: DeliveryInput) -> DeliveryResul
         if not forward:
             return DeliveryResult(message_id=str(row["id"]), delivery_status=current, changed=False,
                                   note=f"Ignored: the message is already {current}.")
+        ticket = None
+        if args.escalate and row["ticket_id"] is not None:
+            # Locked before the message update so the escalation lands in the same transaction.
+            ticket = await conn.fetchrow("SELECT * FROM tickets WHERE id = $1 FOR UPDATE", row["ticket_id"])
         # Any report ends the bridge's claim (lease) on the message.
         await conn.execute(
             "UPDATE messages SET delivery_status = $2, delivery_error = $3, delivery_updated_at = now(), lease_until = NULL "
@@ -252,6 +259,11 @@ async def update_delivery_status(crm: Crm, args: DeliveryInput) -> DeliveryResul
             reason = args.error or "no reason given"
             await add_event(conn, row["ticket_id"], "note", to_value="delivery_failed", actor="update_delivery_status",
                             note=f"Reply {row['id']} could not be delivered on {row['channel']}: {reason}")
+        # A bridge cannot call escalate_to_human: an undeliverable reply (e.g. outside WhatsApp's
+        # 24-hour window) still reaches a person. Resolved and closed tickets keep their status.
+        if ticket is not None and ticket["status"] not in ("resolved", "closed"):
+            await escalate(conn, ticket, f"Reply could not be delivered on {row['channel']}: {args.error or 'no reason given'}"[:500],
+                           None, "update_delivery_status")
     return DeliveryResult(message_id=str(row["id"]), delivery_status=new, changed=True)
 
 
