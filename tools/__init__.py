@@ -8,6 +8,7 @@ Domain modules (each declares its tools with @crm_tool beside the handler):
     knowledge   search_knowledge_base, upsert_kb_article, search_products, import and reindex
     metrics     get_metrics, record_feedback
     agent_queue claim_inbound (the answering agent's work queue, leased, long-polling)
+    bridge_state bridge_checkpoint (where a channel bridge has got to: IMAP UIDs, Gmail historyId)
     vocabulary  the closed word lists (channels, statuses, priorities...) shared with the schema
     models      output models several tools share (customer summary, identities, sentiment)
 
@@ -30,6 +31,7 @@ def all_tools() -> list[ToolSpec]:
     """Every tool, in declaration order (importing a domain module registers its tools)."""
     from crm_mcp.tools import customers, intake, knowledge, metrics, replies, tickets  # noqa: F401
     from crm_mcp.tools import agent_queue  # noqa: F401  (last: its tools list after the ones it builds on)
+    from crm_mcp.tools import bridge_state  # noqa: F401
     from crm_mcp.tools.plumbing.registry import REGISTRY
 
     return list(REGISTRY)
