@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -31,6 +31,8 @@ class OutboundPart(BaseModel):
     part: int = 0
     parts: int = 1
     attempt: int = 1
+    # The customer's latest message on the channel (threading headers, subject); None before any.
+    reply_to: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
