@@ -20,6 +20,7 @@ from typing import Any
 import aioimaplib
 import anyio
 
+from ..connection import CrmUnavailable
 from ..logs import event
 from ..retry import Backoff
 from .inbound import Checkpoint, MailIntake
@@ -58,18 +59,23 @@ class ImapInbox:
         self.backoff = backoff or Backoff(base_s=1.0, cap_s=60.0)
         self.connected = False
         self.last_error: str | None = None
+        self._reached = False  # this session got as far as the mailbox: the next failure starts backoff afresh
 
     async def run(self) -> None:
         attempt = 0
         while True:
+            self._reached = False
             try:
                 await self._session()
-            except (OSError, asyncio.TimeoutError, aioimaplib.Abort, aioimaplib.CommandTimeout, ImapError) as exc:
+            except (OSError, asyncio.TimeoutError, aioimaplib.Abort, aioimaplib.CommandTimeout, ImapError,
+                    CrmUnavailable) as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"[:300]
-            self.connected = False
+            except Exception as exc:  # a bug or a refusal must not end the bridge: log it, back off, reconnect
+                self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+                log.exception("imap session failed")
             delay = self.backoff.delay(attempt)
             event(log, "imap_disconnected", logging.WARNING, error=self.last_error, retry_in_s=round(delay, 2))
-            attempt = 0 if self.last_error is None else attempt + 1
+            attempt = 0 if self._reached else attempt + 1
             await anyio.sleep(delay)
 
     async def _connect(self) -> aioimaplib.IMAP4:
@@ -97,7 +103,7 @@ class ImapInbox:
                 last_uid = None  # fetch recent mail by date; dedup drops what the CRM has
             else:
                 last_uid = int(saved.get("last_uid", 0))
-            self.connected, self.last_error = True, None
+            self.connected, self.last_error, self._reached = True, None, True
             event(log, "imap_connected", folder=self.cfg.folder, uidvalidity=uidvalidity, last_uid=last_uid)
             while True:
                 last_uid = await self._catch_up(imap, uidvalidity, last_uid)

@@ -107,7 +107,7 @@ class MailIntake:
         return await call_retrying(self.bridge, tool, **arguments)
 
 
-async def call_retrying(bridge: Bridge, tool: str, *, deadline_s: float = 30.0, **arguments: Any) -> dict[str, Any]:
+async def call_retrying(bridge: Bridge, tool: str, /, *, deadline_s: float = 30.0, **arguments: Any) -> dict[str, Any]:
     """A CRM call retried with backoff while the CRM is unreachable; CrmUnavailable at the deadline."""
     assert bridge.crm is not None
     end = anyio.current_time() + deadline_s
