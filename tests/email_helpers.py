@@ -161,12 +161,23 @@ class ImapDriver:
         finally:
             await c.logout()
 
-    async def command(self, name: str, *args: str) -> Any:
+    async def recreate(self, folder: str) -> None:
+        """DELETE and CREATE a folder: the server gives it a new UIDVALIDITY."""
         c = await self._session()
         try:
-            from aioimaplib import Command
+            await c.delete(folder)
+            r = await c.create(folder)
+            assert r.result == "OK", r
+        finally:
+            await c.logout()
 
-            return await c.protocol.execute(Command(name, c.protocol.new_tag(), *args, loop=c.protocol.loop))
+    async def uidvalidity(self, folder: str) -> int:
+        import re
+
+        c = await self._session()
+        try:
+            r = await c.select(folder)
+            return int(next(m.group(1) for line in r.lines if (m := re.search(rb"UIDVALIDITY (\d+)", line))))
         finally:
             await c.logout()
 

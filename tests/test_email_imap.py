@@ -149,3 +149,55 @@ async def test_html_only_odd_charsets_and_broken_mail_keep_the_mailbox_flowing(d
         sender = await fetch(db_dsn, "SELECT name FROM customers c JOIN customer_identifiers i ON i.customer_id = c.id "
                                      "WHERE i.value = 'jose@example.org'")
         assert sender and sender[0]["name"] == "José García"
+
+
+CHECKPOINT = "SELECT value FROM bridge_checkpoints WHERE bridge = 'email:support@example.com' AND key = 'imap:Support'"
+
+
+async def test_restart_fetches_nothing_twice_uidvalidity_change_resyncs_and_replies_are_rate_limited(
+        db_dsn: str, tmp_path: Path) -> None:
+    a, b, c, d = (mail(sender=f"p{i}@example.org", subject=f"s{i}", message_id=f"<m{i}@example.org>", body=f"mail {i}")
+                  for i in range(4))
+    env_extra = {"CRM_IMAP_FOLDER": "Support", "CRM_EMAIL_REPLY_LIMIT": "2/3600"}
+    with dovecot() as dv, smtp_sink() as sink, crm_http(db_dsn, tmp_path) as url:
+        imap = dv.imap()
+        await imap.recreate("Support")
+        await imap.append(a, b, folder="Support")
+        env = email_env(dv.port, sink.port, **env_extra)
+        with email_bridge(url, db_dsn, tmp_path, env) as base:
+            rows = await wait_rows(db_dsn, INBOUND, count=2, what="the first two mails")
+            assert health(base)["email"]["fetched"] == 2
+            # three replies to one address inside the window: two go out, the third waits
+            ticket = (await fetch(db_dsn, "SELECT ticket_number FROM tickets WHERE conversation_id = $1", rows[0]["conversation_id"]))[0][0]
+            async with mcp_client(db_dsn) as agent:
+                sent = [await call(agent, "send_response", ticket_number=ticket, body=f"answer {n}") for n in range(3)]
+            sink.wait_for(2)
+            await anyio.sleep(3)
+            assert len(sink.messages) == 2, "the third reply to one address within the window was held back"
+            third = await fetch(db_dsn, "SELECT delivery_status FROM messages WHERE id = $1::uuid", sent[2]["parts"][0]["message_id"])
+            assert third[0]["delivery_status"] == "pending"
+            assert health(base)["retried"] >= 1
+        first_validity = await imap.uidvalidity("Support")
+        [cp] = await fetch(db_dsn, CHECKPOINT)
+        assert json.loads(cp["value"]) == {"uidvalidity": first_validity, "last_uid": 2}
+
+        # restart: only the mail that came meanwhile is fetched
+        await imap.append(c, folder="Support")
+        with email_bridge(url, db_dsn, tmp_path, env) as base:
+            await wait_rows(db_dsn, INBOUND, count=3, what="the mail that came while the bridge was down")
+            await anyio.sleep(1)
+            assert health(base)["email"]["fetched"] == 1, "nothing fetched twice after a restart"
+
+        # the mailbox is rebuilt (new UIDVALIDITY, old mail under new UIDs): resync, nothing ingested twice
+        await anyio.sleep(1.1)  # Dovecot derives UIDVALIDITY from the clock
+        await imap.recreate("Support")
+        await imap.append(a, c, d, folder="Support")
+        new_validity = await imap.uidvalidity("Support")
+        assert new_validity != first_validity
+        with email_bridge(url, db_dsn, tmp_path, env) as base:
+            rows = await wait_rows(db_dsn, INBOUND, count=4, what="the new mail after the resync")
+            await wait_rows(db_dsn, CHECKPOINT + " AND (value->>'uidvalidity')::bigint = $1", new_validity, what="the new checkpoint")
+            assert health(base)["email"]["fetched"] == 3
+        assert sorted(r["channel_message_id"] for r in await fetch(db_dsn, INBOUND)) == [f"<m{i}@example.org>" for i in range(4)]
+        [cp] = await fetch(db_dsn, CHECKPOINT)
+        assert json.loads(cp["value"]) == {"uidvalidity": new_validity, "last_uid": 3}
