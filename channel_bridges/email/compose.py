@@ -47,9 +47,11 @@ def compose(part: OutboundPart, *, support_address: str, support_name: str | Non
     msg["Subject"] = reply_subject(reply_to.get("subject"), part.ticket_number)
     msg["Date"] = format_datetime(datetime.now(timezone.utc))
     msg["Message-ID"] = our_message_id(part, support_address)
-    parent = normalise_id(reply_to.get("channel_message_id")) if reply_to.get("channel_message_id") else None
+    meta = reply_to.get("metadata") or {}
+    # The Message-ID header as received (for Gmail the channel id is Gmail's own id, not this).
+    parent = normalise_id(meta.get("message_id_header") or reply_to.get("channel_message_id"))
     if parent:
-        refs = [r for r in (reply_to.get("metadata") or {}).get("references", []) if isinstance(r, str)]
+        refs = [r for r in meta.get("references", []) if isinstance(r, str)]
         chain = [*message_ids(" ".join(refs)), parent]
         msg["In-Reply-To"] = parent
         msg["References"] = " ".join(list(dict.fromkeys(chain))[-MAX_REFERENCES:])

@@ -94,6 +94,7 @@ class MailIntake:
             args["in_reply_to"] = mail.threads_to
         if thread_ref:
             args["thread_ref"] = thread_ref
+            args["metadata"]["thread_id"] = thread_ref  # claim_outbox hands replies this metadata: the thread to send into
         now = datetime.now(timezone.utc)
         if mail.date and datetime(2000, 1, 2, tzinfo=timezone.utc) < mail.date < now + timedelta(minutes=4):
             args["received_at"] = mail.date.isoformat()

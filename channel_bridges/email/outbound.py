@@ -12,7 +12,7 @@ from email.message import EmailMessage
 from email.utils import getaddresses
 
 from ..delivery import Delivered, OutboundPart, PermanentDeliveryError, TransientDeliveryError
-from .compose import compose, our_message_id
+from .compose import compose
 from .parse import _ROBOT_LOCALPART
 
 
@@ -39,7 +39,7 @@ Send = Callable[[EmailMessage, OutboundPart], Awaitable[str | None]]
 
 @dataclass
 class EmailSender:
-    """The bridge's `deliver`: guard, compose, send; returns our Message-ID (or the provider's id)."""
+    """The bridge's `deliver`: guard, compose, send; reports our Message-ID as the provider id."""
 
     support_address: str
     send: Send
@@ -58,6 +58,7 @@ class EmailSender:
             raise TransientDeliveryError(f"reply rate limit for {address}: {self.rate.limit} per {self.rate.window_s:g} s",
                                          retry_after_s=wait)
         msg = compose(part, support_address=self.support_address, support_name=self.support_name)
-        provider_id = await self.send(msg, part)
+        await self.send(msg, part)
         self.rate.record(address)
-        return Delivered(provider_message_id=provider_id or our_message_id(part, self.support_address), status="sent")
+        # Our Message-ID, whichever back end sent it: a bounce or a customer's reply names it.
+        return Delivered(provider_message_id=str(msg["Message-ID"]), status="sent")

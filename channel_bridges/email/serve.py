@@ -87,8 +87,8 @@ class EmailSettings:
         address = _need(env, "CRM_SUPPORT_ADDRESS").lower()
         if address.count("@") != 1 or " " in address:
             raise EmailConfigError(f"CRM_SUPPORT_ADDRESS={address!r} is not an email address, e.g. support@example.com.")
-        backend = backend or env.get("CRM_EMAIL_BACKEND") or ("gmail" if env.get("GMAIL_CREDENTIALS") or env.get("GMAIL_API_BASE")
-                                                             and not env.get("CRM_IMAP_HOST") else "imap")
+        backend = backend or env.get("CRM_EMAIL_BACKEND") or (
+            "gmail" if (env.get("GMAIL_CREDENTIALS") or env.get("GMAIL_API_BASE")) and not env.get("CRM_IMAP_HOST") else "imap")
         if backend not in ("imap", "gmail"):
             raise EmailConfigError(f"backend {backend!r}: valid values are imap, gmail.")
         limit = env.get("CRM_EMAIL_REPLY_LIMIT", "10/3600")
@@ -103,7 +103,12 @@ class EmailSettings:
         if backend == "gmail":
             from .gmail import GmailConfig
 
-            return cls(**common, gmail=GmailConfig.from_env(env, address), push_token=env.get("GMAIL_PUSH_TOKEN") or None)
+            gmail = GmailConfig.from_env(env, address)
+            push_token = env.get("GMAIL_PUSH_TOKEN") or None
+            if gmail.topic and (push_token is None or len(push_token) < 16):
+                raise EmailConfigError("GMAIL_TOPIC is set but GMAIL_PUSH_TOKEN is not (or is under 16 characters): the push "
+                                       "subscription's URL must carry it, https://<host>/gmail/push?token=<GMAIL_PUSH_TOKEN>.")
+            return cls(**common, gmail=gmail, push_token=push_token)
         host = _need(env, "CRM_IMAP_HOST")
         imap_tls = _tls(env, "CRM_IMAP_TLS", host)
         imap = ImapConfig(host=host, port=_port(env, "CRM_IMAP_PORT", 993 if imap_tls else 143),
@@ -126,7 +131,8 @@ async def serve(settings: EmailSettings, target: CrmTarget, *, host: str = "127.
         client = GmailClient(settings.gmail)
 
         async def send(msg: EmailMessage, part: OutboundPart) -> str | None:
-            return await client.send(msg, thread_id=part.thread_ref)
+            thread = part.thread_ref or ((part.reply_to or {}).get("metadata") or {}).get("thread_id")
+            return await client.send(msg, thread_id=thread)
     else:
         smtp = settings.smtp
         assert smtp is not None
