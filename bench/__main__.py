@@ -9,7 +9,9 @@
    in its own process; their output is kept in the JSON (kb_latency's own JSON is merged).
 4. context_size: tools/list and seven typical results in bytes and tokens, now against the
    baseline recorded from commit ddc7ae7 (bench/context_size.py, bench/context_size_baseline.json).
-5. --profile: bench/profile_stdio.py (needs py-spy).
+5. email: mails per second from IMAP APPEND to stored through `crm-mcp bridge email` (bench/email.py;
+   needs Dovecot, skipped with a note when it is not installed).
+6. --profile: bench/profile_stdio.py (needs py-spy).
 
 Every figure is printed next to a floor measured in the same run (the machine is shared and
 noisy); the summary table is also in the JSON under "rows".
@@ -124,6 +126,8 @@ def main() -> None:
     p.add_argument("--skip-kb", action="store_true", help="skip bench.kb_latency")
     p.add_argument("--kb-args", default="--sizes 10000",
                    help="arguments for bench.kb_latency (default '--sizes 10000'; its own default 10k+100k took ~24 min here)")
+    p.add_argument("--skip-email", action="store_true", help="skip bench.email")
+    p.add_argument("--email-mails", type=int, default=300, help="mails APPENDed by bench.email")
     p.add_argument("--profile", action="store_true", help="also run bench.profile_stdio (needs py-spy)")
     p.add_argument("--json", default=str(RESULTS / "latest.json"))
     args = p.parse_args()
@@ -144,6 +148,13 @@ def main() -> None:
             report["kb_latency"] = res
     elif not kb.exists():
         report["kb_latency"] = {"skipped": "bench/kb_latency.py not present"}
+    if not args.skip_email:
+        import shutil
+
+        if shutil.which("dovecot") or Path("/usr/sbin/dovecot").exists():
+            report["email"] = run_module("bench.email", ["--mails", str(args.email_mails)], timeout=1800)
+        else:
+            report["email"] = {"skipped": "dovecot is not installed (apt-get install dovecot-imapd)"}
     if args.profile:
         report["profile"] = run_module("bench.profile_stdio", [], timeout=900)
 

@@ -106,7 +106,13 @@ class ImapInbox:
             self.connected, self.last_error, self._reached = True, None, True
             event(log, "imap_connected", folder=self.cfg.folder, uidvalidity=uidvalidity, last_uid=last_uid)
             while True:
-                last_uid = await self._catch_up(imap, uidvalidity, last_uid)
+                # Until a pass finds nothing: mail that arrives during a pass is announced (EXISTS)
+                # outside IDLE, where the client drops it, so only another pass can see it.
+                while True:
+                    before = last_uid
+                    last_uid = await self._catch_up(imap, uidvalidity, last_uid)
+                    if last_uid == before:
+                        break
                 await self._idle(imap)
         finally:
             self.connected = False
