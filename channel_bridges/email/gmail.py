@@ -248,7 +248,7 @@ class GmailInbox:
         try:
             raw = base64.urlsafe_b64decode(got["raw"] + "=" * (-len(got["raw"]) % 4))
         except (KeyError, ValueError):
-            self.intake._refuse(f"gmail/{gmail_id}", "Gmail returned no readable raw message")
+            self.intake.refuse(f"gmail/{gmail_id}", "Gmail returned no readable raw message")
             return
         await self.intake.handle(raw, where=f"gmail/{gmail_id}", fallback_id=f"gmail-{gmail_id}", channel_message_id=gmail_id,
                                  thread_ref=got.get("threadId"), provider="gmail")

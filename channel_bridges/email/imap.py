@@ -134,25 +134,26 @@ class ImapInbox:
                           if u is not None and u > last_uid)  # `n:*` always names the last message
         for start in range(0, len(uids), BATCH):
             batch = uids[start:start + BATCH]
+            sized = _ok(await imap.uid("fetch", ",".join(map(str, batch)), "(UID RFC822.SIZE)"), "UID FETCH sizes")
+            sizes = {uid: size for line in sized.lines if isinstance(line, bytes)
+                     if (uid := _first_int(_FETCH_UID, [line])) is not None and (size := _first_int(_SIZE, [line])) is not None}
             for uid in batch:
-                await self._one(imap, uid)
+                await self._one(imap, uid, sizes.get(uid, 0))
             last_uid = max(last_uid, batch[-1])
             await self.checkpoint.save({"uidvalidity": uidvalidity, "last_uid": last_uid})
         if not uids and (self.checkpoint.value or {}).get("uidvalidity") != uidvalidity:
             await self.checkpoint.save({"uidvalidity": uidvalidity, "last_uid": last_uid})
         return last_uid
 
-    async def _one(self, imap: aioimaplib.IMAP4, uid: int) -> None:
+    async def _one(self, imap: aioimaplib.IMAP4, uid: int, size: int) -> None:
         where = f"{self.cfg.folder}/{uid}"
-        sized = _ok(await imap.uid("fetch", str(uid), "(UID RFC822.SIZE)"), "UID FETCH size")
-        size = _first_int(_SIZE, [line for line in sized.lines if isinstance(line, bytes)]) or 0
         if size > MAX_MESSAGE_BYTES:
-            self.intake._refuse(where, f"message is {size / 1048576:.1f} MB; the limit is {MAX_MESSAGE_BYTES // 1048576} MB (not downloaded)")
+            self.intake.refuse(where, f"message is {size / 1048576:.1f} MB; the limit is {MAX_MESSAGE_BYTES // 1048576} MB (not downloaded)")
             return
         got = _ok(await imap.uid("fetch", str(uid), "(UID BODY.PEEK[])"), "UID FETCH body")
         raw = next((bytes(line) for line in got.lines if isinstance(line, bytearray)), None)
         if raw is None:
-            self.intake._refuse(where, "the server returned no body (expunged meanwhile?)")
+            self.intake.refuse(where, "the server returned no body (expunged meanwhile?)")
             return
         outcome = await self.intake.handle(raw, where=where, fallback_id=f"imap-{self.checkpoint.value and self.checkpoint.value.get('uidvalidity')}-{uid}@{self.cfg.host}")
         event(log, "mail_handled", logging.DEBUG, where=where, outcome=outcome)

@@ -53,7 +53,7 @@ class MailIntake:
         try:
             mail = parse(raw, own_addresses=self.own_addresses, fallback_id=fallback_id)
         except BadMail as exc:
-            return self._refuse(where, exc.reason)
+            return self.refuse(where, exc.reason)
         if mail.bounced_ids:
             await self._bounce(mail, where)
             return "bounce"
@@ -64,7 +64,7 @@ class MailIntake:
         return await self._ingest(mail, where=where, channel_message_id=channel_message_id, thread_ref=thread_ref,
                                   provider=provider)
 
-    def _refuse(self, where: str, reason: str) -> Outcome:
+    def refuse(self, where: str, reason: str) -> Outcome:
         self.stats.refused += 1
         self.stats.last_refused = f"{where}: {reason}"[:300]
         event(log, "mail_refused", logging.WARNING, where=where, reason=reason)
@@ -101,7 +101,7 @@ class MailIntake:
         try:
             result = await self.bridge.ingest(**args)
         except CrmRejected as exc:
-            return self._refuse(where, f"the CRM refused it: {str(exc)[:200]}")
+            return self.refuse(where, f"the CRM refused it: {str(exc)[:200]}")
         return "duplicate" if result["duplicate"] else "ingested"
 
     async def _call(self, tool: str, **arguments: Any) -> dict[str, Any]:
