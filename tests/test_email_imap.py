@@ -38,6 +38,17 @@ async def wait_rows(dsn: str, sql: str, *args: Any, count: int = 1, timeout: flo
         await anyio.sleep(0.2)
 
 
+async def age_conversation(dsn: str, conversation_id: Any) -> None:
+    """Move a conversation's last activity two days back and resolve its ticket: outside the 24-hour window."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("UPDATE conversations SET last_activity_at = now() - interval '2 days' WHERE id = $1", conversation_id)
+        await conn.execute("UPDATE tickets SET status = 'resolved', resolved_at = now(), resolution_notes = 'test: answered' "
+                           "WHERE conversation_id = $1", conversation_id)
+    finally:
+        await conn.close()
+
+
 INBOUND = "SELECT * FROM messages WHERE channel = 'email' AND direction = 'inbound' ORDER BY created_at"
 
 
@@ -75,13 +86,20 @@ async def test_mail_in_reply_out_thread_robots_and_bounce(db_dsn: str, tmp_path:
                               sent["parts"][0]["message_id"], what="the reply reported sent")
         assert out[0]["channel_message_id"] == ours
 
-        # the customer answers the reply under another subject: it joins the conversation by its headers
+        # two days later, the ticket resolved: the customer answers the reply under another subject,
+        # and it joins the conversation by its threading headers alone
+        await age_conversation(db_dsn, row["conversation_id"])
         follow = "<follow-2@example.org>"
         await dv.imap().append(mail(message_id=follow, subject="still broken", in_reply_to=ours, references=f"{first_id} {ours}",
                                     body="Updated, still stuck.\n\nOn Mon, Acme Support wrote:\n> Please update to 4.2."))
         rows = await wait_rows(db_dsn, INBOUND, count=2, what="the follow-up")
         assert rows[1]["conversation_id"] == row["conversation_id"]
         assert rows[1]["content"] == "Updated, still stuck.", "quoted history is cut"
+        # the same person later, a new subject and no threading headers: the 24-hour rule applies
+        await age_conversation(db_dsn, row["conversation_id"])
+        await dv.imap().append(mail(message_id="<new-topic@example.org>", subject="New question", body="Do you ship to Chile?"))
+        rows = await wait_rows(db_dsn, INBOUND, count=3, what="the new topic")
+        assert rows[2]["conversation_id"] != row["conversation_id"]
 
         # robots and our own mail are never customer messages
         robots = [
@@ -110,7 +128,7 @@ async def test_mail_in_reply_out_thread_robots_and_bounce(db_dsn: str, tmp_path:
         assert "550 5.1.1 mailbox unknown" in failed[0]["delivery_error"]
         h = health(base)["email"]
         assert h["robots"] == 5 and h["bounces"] == 1, h
-        assert len(await fetch(db_dsn, INBOUND)) == 2, "no robot mail was ingested"
+        assert len(await fetch(db_dsn, INBOUND)) == 3, "no robot mail was ingested"
 
 
 async def test_html_only_odd_charsets_and_broken_mail_keep_the_mailbox_flowing(db_dsn: str, tmp_path: Path) -> None:
