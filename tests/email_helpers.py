@@ -41,9 +41,18 @@ class Dovecot:
     root: Path
     port: int
     proc: subprocess.Popen
+    binary: str = "dovecot"
 
     def imap(self) -> "ImapDriver":
         return ImapDriver(self.port)
+
+    def restart(self, down_s: float = 1.0) -> None:
+        """Stop the server (every IMAP connection drops), wait, and start it again on the same port and mail."""
+        stop_process(self.proc)
+        time.sleep(down_s)
+        log = open(self.root / "stdout.log", "ab")
+        self.proc = subprocess.Popen([self.binary, "-F", "-c", str(self.root / "dovecot.conf")], stdout=log, stderr=log)
+        _wait_greeting(self.port, self.proc, self.root)
 
 
 _CONF = """\
@@ -113,24 +122,29 @@ def dovecot() -> Iterator[Dovecot]:
                                  internal_group=internal_group, login_user=login_user))
     log = open(root / "stdout.log", "wb")
     proc = subprocess.Popen([binary, "-F", "-c", str(conf)], stdout=log, stderr=log)
+    server = Dovecot(root, port, proc, binary)
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"dovecot exited: {(root / 'stdout.log').read_text()[-2000:]}")
-            try:  # the greeting is enough: a login later proves the rest
-                with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
-                    if sock.recv(100).startswith(b"* OK"):
-                        break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
-        yield Dovecot(root, port, proc)
+        _wait_greeting(port, proc, root)
+        yield server
     finally:
-        stop_process(proc)
+        stop_process(server.proc)
         log.close()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _wait_greeting(port: int, proc: subprocess.Popen, root: Path) -> None:
+    deadline = time.monotonic() + 20
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"dovecot exited: {(root / 'stdout.log').read_text()[-2000:]}")
+        try:  # the greeting is enough: a login later proves the rest
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+                if sock.recv(100).startswith(b"* OK"):
+                    return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 class ImapDriver:

@@ -216,6 +216,11 @@ async def test_restart_fetches_nothing_twice_uidvalidity_change_resyncs_and_repl
             rows = await wait_rows(db_dsn, INBOUND, count=4, what="the new mail after the resync")
             await wait_rows(db_dsn, CHECKPOINT + " AND (value->>'uidvalidity')::bigint = $1", new_validity, what="the new checkpoint")
             assert health(base)["email"]["fetched"] == 3
-        assert sorted(r["channel_message_id"] for r in await fetch(db_dsn, INBOUND)) == [f"<m{i}@example.org>" for i in range(4)]
+            # the IMAP server goes away and comes back: the bridge reconnects and picks up new mail
+            dv.restart()
+            await imap.append(mail(sender="p9@example.org", subject="after the outage", message_id="<m9@example.org>"), folder="Support")
+            await wait_rows(db_dsn, INBOUND, count=5, timeout=40, what="the mail after the IMAP server came back")
+            assert health(base)["email"]["inbound_connected"] is True
+        assert sorted(r["channel_message_id"] for r in await fetch(db_dsn, INBOUND)) == [f"<m{i}@example.org>" for i in (0, 1, 2, 3, 9)]
         [cp] = await fetch(db_dsn, CHECKPOINT)
-        assert json.loads(cp["value"]) == {"uidvalidity": new_validity, "last_uid": 3}
+        assert json.loads(cp["value"]) == {"uidvalidity": new_validity, "last_uid": 4}
