@@ -145,10 +145,11 @@ async def test_html_only_odd_charsets_and_broken_mail_keep_the_mailbox_flowing(d
     broken_mime = (b"From: lee@example.org\r\nTo: support@example.com\r\nSubject: broken\r\nMessage-ID: <broken@example.org>\r\n"
                    b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"never-closed\"\r\n\r\n"
                    b"--never-closed\r\nContent-Type: text/plain\r\n\r\nthe part that survives\r\n")
+    huge = mail(sender="max@example.org", subject="scans", message_id="<huge@example.org>", body="x" * 100 + "\n" + ("y" * 998 + "\n") * 26_500)
     last = mail(sender="zoe@example.org", subject="after the bad ones", message_id="<last@example.org>", body="Still flowing.")
     with dovecot() as dv, smtp_sink() as sink, crm_http(db_dsn, tmp_path) as url, \
             email_bridge(url, db_dsn, tmp_path, email_env(dv.port, sink.port)) as base:
-        await dv.imap().append(html_only, latin1, bad_charset, no_from, broken_mime, last)
+        await dv.imap().append(html_only, latin1, bad_charset, no_from, broken_mime, huge, last)
         rows = await wait_rows(db_dsn, INBOUND, count=5, what="the readable mails")
         by_id = {r["channel_message_id"]: r for r in rows}
         html_row = next(r for r in rows if r["subject"] == "Faça isso")
@@ -161,9 +162,11 @@ async def test_html_only_odd_charsets_and_broken_mail_keep_the_mailbox_flowing(d
         assert "x-no-such-charset" in json.dumps(odd["metadata"] if isinstance(odd["metadata"], dict) else json.loads(odd["metadata"]))
         assert "the part that survives" in by_id["<broken@example.org>"]["content"]
         assert by_id["<last@example.org>"]["content"] == "Still flowing."
-        assert "<nofrom@example.org>" not in by_id
+        assert "<nofrom@example.org>" not in by_id and "<huge@example.org>" not in by_id
         h = health(base)["email"]
-        assert h["refused"] == 1 and "no usable From address" in h["last_refused"]
+        assert h["refused"] == 2 and "the limit is 25 MB (not downloaded)" in h["last_refused"], h
+        log = "".join(p.read_text() for p in tmp_path.glob("email-bridge-*.log"))
+        assert "no usable From address" in log and "INBOX/4" in log, "each refusal is logged with its reason and place"
         sender = await fetch(db_dsn, "SELECT name FROM customers c JOIN customer_identifiers i ON i.customer_id = c.id "
                                      "WHERE i.value = 'jose@example.org'")
         assert sender and sender[0]["name"] == "José García"
