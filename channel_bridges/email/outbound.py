@@ -49,13 +49,13 @@ class EmailSender:
     async def __call__(self, part: OutboundPart) -> Delivered:
         to = [a.lower() for _, a in getaddresses([part.recipient]) if "@" in a]
         if len(to) != 1:
-            raise PermanentDeliveryError(f"recipient {part.recipient[:100]!r} is not one email address")
+            raise PermanentDeliveryError("the recipient is not exactly one email address")
         address = to[0]
         if address == self.support_address.lower() or _ROBOT_LOCALPART.match(address.split("@", 1)[0]):
-            raise PermanentDeliveryError(f"not replying to an automated or our own address ({address})")
+            raise PermanentDeliveryError("not replying to an automated sender (mailer-daemon, noreply...) or to our own address")
         wait = self.rate.wait_s(address)
         if wait > 0:
-            raise TransientDeliveryError(f"reply rate limit for {address}: {self.rate.limit} per {self.rate.window_s:g} s",
+            raise TransientDeliveryError(f"reply rate limit for this address: {self.rate.limit} per {self.rate.window_s:g} s",
                                          retry_after_s=wait)
         msg = compose(part, support_address=self.support_address, support_name=self.support_name)
         await self.send(msg, part)
