@@ -14,7 +14,9 @@
    (bench/agent.py, its own process, about 2 minutes).
 6. whatsapp: signed Twilio and Meta webhooks per second through `crm-mcp bridge whatsapp` vs.
    the bare ingest_message floor (bench/whatsapp.py, in its own process; its JSON is merged).
-7. --profile: bench/profile_stdio.py (needs py-spy).
+7. email: mails per second from IMAP APPEND to stored through `crm-mcp bridge email` (bench/email.py;
+   needs Dovecot, skipped with a note when it is not installed).
+8. --profile: bench/profile_stdio.py (needs py-spy).
 
 Every figure is printed next to a floor measured in the same run (the machine is shared and
 noisy); the summary table is also in the JSON under "rows".
@@ -132,6 +134,8 @@ def main() -> None:
     p.add_argument("--skip-agent", action="store_true", help="skip bench.agent")
     p.add_argument("--skip-whatsapp", action="store_true", help="skip bench.whatsapp")
     p.add_argument("--whatsapp-args", default="--webhooks 200", help="arguments for bench.whatsapp (default '--webhooks 200')")
+    p.add_argument("--skip-email", action="store_true", help="skip bench.email")
+    p.add_argument("--email-mails", type=int, default=300, help="mails APPENDed by bench.email")
     p.add_argument("--profile", action="store_true", help="also run bench.profile_stdio (needs py-spy)")
     p.add_argument("--json", default=str(RESULTS / "latest.json"))
     args = p.parse_args()
@@ -161,6 +165,13 @@ def main() -> None:
             if jpath.exists():
                 res["results"] = json.loads(jpath.read_text())
             report["whatsapp"] = res
+    if not args.skip_email:
+        import shutil
+
+        if shutil.which("dovecot") or Path("/usr/sbin/dovecot").exists():
+            report["email"] = run_module("bench.email", ["--mails", str(args.email_mails)], timeout=1800)
+        else:
+            report["email"] = {"skipped": "dovecot is not installed (apt-get install dovecot-imapd)"}
     if args.profile:
         report["profile"] = run_module("bench.profile_stdio", [], timeout=900)
 

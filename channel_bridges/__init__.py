@@ -10,6 +10,7 @@ crm_mcp.tools (tests/test_bridge_runtime.py checks).
     runtime     Bridge: ingest (acknowledge only after commit), the delivery loop, health, shutdown
     logs        structured (JSON) log lines carrying ids only, never personal data
     webform/    the web form and its status page (`crm-mcp bridge webform`)
+    email/      one support mailbox over IMAP/SMTP or the Gmail API (`crm-mcp bridge email`)
     agent       the offline answering agent (`crm-mcp agent`): claim_inbound, rules, KB answer or escalation
     agent_policy  the agent's fixed words and decisions (holding reply, answer from a passage), no I/O
 """

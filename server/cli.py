@@ -92,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     wf.add_argument("--token", help="bearer token with the bridge role (env CRM_TOKEN)")
     wf.add_argument("--refresh", type=int, default=10, help="seconds between status page refreshes (default 10)")
     _whatsapp_parser(bridgesub)
+    _email_bridge_parser(bridgesub)
 
     agent = sub.add_parser("agent", help="run the offline answering agent (an MCP client of this CRM, role agent)")
     agent.add_argument("--server", help="CRM MCP endpoint, e.g. http://127.0.0.1:8000/mcp (env CRM_SERVER_URL); "
@@ -156,6 +157,30 @@ def _bridge_whatsapp(ns: argparse.Namespace, settings: Settings) -> None:
              log_level=settings.log_level)
 
 
+def _email_bridge_parser(bridgesub: Any) -> None:
+    em = bridgesub.add_parser(
+        "email", help="one support mailbox over IMAP/SMTP or the Gmail API",
+        description="Settings come from the environment: CRM_SUPPORT_ADDRESS, then CRM_IMAP_* and CRM_SMTP_* "
+                    "(IMAP/SMTP) or GMAIL_* (Gmail API); see README 'Email bridge'.")
+    em.add_argument("--backend", choices=["imap", "gmail"], help="env CRM_EMAIL_BACKEND (default: imap unless only Gmail is configured)")
+    em.add_argument("--port", type=int, default=8025, help="HTTP port for /healthz and the Gmail push endpoint (default 8025)")
+    em.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    em.add_argument("--server", help="CRM MCP endpoint, e.g. http://127.0.0.1:8000/mcp (env CRM_SERVER_URL); "
+                    "default: start `crm-mcp serve` over stdio on the local data directory")
+    em.add_argument("--token", help="bearer token with the bridge role (env CRM_TOKEN)")
+    em.add_argument("--wait-s", type=float, default=20.0, help=argparse.SUPPRESS)  # long-poll seconds per outbox claim
+
+
+def _bridge_email(ns: argparse.Namespace, settings: Settings) -> None:
+    from crm_mcp.channel_bridges.email.serve import EmailConfigError, main as email_bridge
+
+    try:
+        email_bridge(port=ns.port, host=ns.host, server=ns.server, token=ns.token, backend=ns.backend,
+                     log_level=settings.log_level, wait_s=ns.wait_s)
+    except EmailConfigError as exc:
+        _usage_error(f"bridge email: {exc}")
+
+
 def _settings(ns: argparse.Namespace) -> Settings:
     keys = ("database_url", "data_dir", "default_region", "log_level", "host", "port", "read_only", "toolsets",
             "role", "no_auth", "public_url")
@@ -215,6 +240,8 @@ def main(argv: list[str] | None = None) -> None:
             anyio.run(functools.partial(run_up, settings, demo=ns.demo, webform_port=ns.webform_port))
         elif ns.command == "bridge" and ns.bridge_command == "whatsapp":
             _bridge_whatsapp(ns, settings)
+        elif ns.command == "bridge" and ns.bridge_command == "email":
+            _bridge_email(ns, settings)
         elif ns.command == "bridge":
             from crm_mcp.channel_bridges.webform.serve import main as webform
 

@@ -44,6 +44,7 @@ EXTRA_ROLES: dict[str, frozenset[Role]] = {
     "update_delivery_status": frozenset({"bridge"}),
     "claim_outbox": frozenset({"bridge"}),
     "get_ticket_updates": frozenset({"bridge"}),  # what a status page shows the customer of their own ticket
+    "bridge_checkpoint": frozenset({"bridge"}),  # where a bridge has got to in its channel (IMAP UIDs, Gmail historyId)
 }
 
 # What an agent's call names, argument -> kind, checked against the conversations the caller holds

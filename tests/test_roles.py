@@ -18,7 +18,7 @@ ALL = {s.name for s in all_tools()}
 READ = {s.name for s in all_tools() if s.annotations.read_only_hint}
 AGENT = {"get_customer_history", "get_conversation", "get_ticket", "search_knowledge_base", "search_products",
          "send_response", "create_ticket", "update_ticket", "escalate_to_human", "claim_inbound", "record_agent_turn"}
-BRIDGE = {"ingest_message", "update_delivery_status", "claim_outbox", "get_ticket_updates"}
+BRIDGE = {"ingest_message", "update_delivery_status", "claim_outbox", "get_ticket_updates", "bridge_checkpoint"}
 EXPECTED = {"admin": ALL, "staff": ALL, "agent": AGENT, "bridge": BRIDGE, "readonly": READ}
 
 

@@ -9,6 +9,7 @@ Domain modules (each declares its tools with @crm_tool beside the handler):
     metrics     get_metrics, record_feedback
     agent_queue claim_inbound (the answering agent's work queue, leased, long-polling)
     agent_turns record_agent_turn (what the agent did each turn) and the agent's figures for get_metrics
+    bridge_state bridge_checkpoint (where a channel bridge has got to: IMAP UIDs, Gmail historyId)
     vocabulary  the closed word lists (channels, statuses, priorities...) shared with the schema
     models      output models several tools share (customer summary, identities, sentiment)
 
@@ -31,6 +32,7 @@ def all_tools() -> list[ToolSpec]:
     """Every tool, in declaration order (importing a domain module registers its tools)."""
     from crm_mcp.tools import customers, intake, knowledge, metrics, replies, tickets  # noqa: F401
     from crm_mcp.tools import agent_queue, agent_turns  # noqa: F401  (last: their tools list after the ones they build on)
+    from crm_mcp.tools import bridge_state  # noqa: F401
     from crm_mcp.tools.plumbing.registry import REGISTRY
 
     return list(REGISTRY)

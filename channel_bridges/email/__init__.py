@@ -1,0 +1,1 @@
+"""The email bridge: IMAP/SMTP or the Gmail API."""
