@@ -420,6 +420,7 @@ COMMON_FREQ = 0.005
 # than 80 (bench/kb_latency.py measures both).
 EF_SEARCH = 200
 SELECTIVE_FROM_ROWS = 2000
+MAX_COMMON_MATCHES = 500
 BM25_K1, BM25_B = 1.2, 0.75
 TITLE_WEIGHT, HEADING_WEIGHT, IDENTIFIER_WEIGHT = 3.0, 2.0, 2.0
 
@@ -473,9 +474,17 @@ async def text_rows(
     lexemes = [l for l, _ in found]
     if n >= SELECTIVE_FROM_ROWS:
         # Ranking every passage that shares a common word costs hundreds of milliseconds on a
-        # large table: only the query's rare lexemes pick candidates (all of them ANDed if none is).
+        # large table: only the query's rare lexemes pick candidates. With none, all of them are
+        # ANDed, unless even that would match more than MAX_COMMON_MATCHES passages (a query of
+        # common words only, such as "FB mean" where FB is in every article): BM25 over common
+        # words says little, and the vector arm ranks alone.
         rare = [l for l, df in found if df <= COMMON_FREQ * n]
-        tsq = " | ".join(map(_tsquery_literal, rare)) if rare else " & ".join(map(_tsquery_literal, lexemes))
+        if rare:
+            tsq = " | ".join(map(_tsquery_literal, rare))
+        elif n * math.prod(df / n for _, df in found) > MAX_COMMON_MATCHES:
+            return [], idf, unseen
+        else:
+            tsq = " & ".join(map(_tsquery_literal, lexemes))
     else:
         tsq = " | ".join(map(_tsquery_literal, lexemes))
     rows = await conn.fetch(BM25_SQL, lexemes, [idf[l] for l in lexemes], tsq, category, TITLE_WEIGHT, HEADING_WEIGHT,
@@ -491,6 +500,9 @@ async def search_rows(
     this as the SQL floor."""
     out = SearchRows()
     async with conn.transaction():
+        # asyncpg prepares each statement once; after five runs PostgreSQL may switch to a
+        # generic plan, which cannot see the tsquery and scans every passage (500 ms at 10k).
+        await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
         if qvec is not None:
             await _index_settings(crm, conn)
             out.vector = await conn.fetch(VECTOR_SQL, qvec, category, CANDIDATES)
