@@ -54,10 +54,13 @@ def _version_tuple(v: str) -> tuple[int, ...]:
 
 
 async def _index_settings(crm: Crm, conn: asyncpg.Connection) -> None:
-    await conn.execute(f"SET LOCAL hnsw.ef_search = {EF_SEARCH}")
+    # One round trip. asyncpg prepares each statement once; after five runs PostgreSQL may
+    # switch to a generic plan, which cannot see a tsquery parameter and scans every passage.
+    sets = [f"SET LOCAL hnsw.ef_search = {EF_SEARCH}", "SET LOCAL plan_cache_mode = force_custom_plan"]
     # Filtered HNSW scans stop early and return too few rows unless iterative scans are on.
     if crm.pgvector_iterative_scan:
-        await conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+        sets.append("SET LOCAL hnsw.iterative_scan = relaxed_order")
+    await conn.execute("; ".join(sets))
 
 
 def embedder_key(e: Embedder) -> str:
@@ -500,11 +503,8 @@ async def search_rows(
     this as the SQL floor."""
     out = SearchRows()
     async with conn.transaction():
-        # asyncpg prepares each statement once; after five runs PostgreSQL may switch to a
-        # generic plan, which cannot see the tsquery and scans every passage (500 ms at 10k).
-        await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+        await _index_settings(crm, conn)
         if qvec is not None:
-            await _index_settings(crm, conn)
             out.vector = await conn.fetch(VECTOR_SQL, qvec, category, CANDIDATES)
         if text:
             out.text, out.idf, out.unseen = await text_rows(conn, query, category, CANDIDATES)
