@@ -1,11 +1,13 @@
 """Knowledge base and product catalogue: hybrid search, article upserts, Markdown import, reindex.
 
-Search fuses two rankings with reciprocal rank fusion (RRF, k=60): vector similarity over chunk
-embeddings (HNSW, cosine) finds paraphrases; PostgreSQL full text (an OR of the query's
-lexemes, ranked with ts_rank_cd) finds exact product terms and error codes. Articles are
-searched per chunk and folded back to one hit per article. Relevance is reported honestly: a
-hit is 'relevant' when its cosine similarity reaches the threshold or it is a strong full-text
-match; otherwise it is labelled 'weak', and an answer with nothing relevant says so."""
+Search looks a query up two ways: vector similarity over passage embeddings (HNSW, cosine) finds
+paraphrases; BM25 over the passages' text (kb_tsv in migrations/0010: identifiers kept whole,
+titles and headings weighted) finds exact product terms and error codes. The two are fused by
+score, not rank (_fuse), and passages are folded back to one hit per article. Each hit is
+labelled 'relevant' or 'weak' from its evidence (evidence(): similarity, the share of the query's
+idf weight it holds, the share of query words the knowledge base has never seen) and its distance
+to the best hit; an answer with nothing relevant says so. bench/kb_quality.py measures ranking
+and labels on the dev set and on held-out sets."""
 
 from __future__ import annotations
 
