@@ -187,6 +187,7 @@ def baseline(tool: str, ids: dict[str, str], u: str) -> dict[str, Any]:
         "get_metrics": {"window": "24h"},
         "record_feedback": {"ticket_number": t, "rating": 4},
         "search_products": {"query": "form builder"},
+        "bridge_checkpoint": {"bridge": "hostile:test", "key": "imap:INBOX"},
         "record_agent_turn": {"message_id": ids["inbound_id"], "attempt": 1, "decision": "answered", "model": "offline",
                               "latency_ms": 5},
     }[tool]

@@ -154,9 +154,9 @@ class ReasonCount(Out):
 
 class AgentFigures(Out):
     turns: int
-    answered: int = Field(description="Turns answered without escalation.")
-    resolution_rate: float | None = Field(description="answered / turns.")
-    escalations: list[ReasonCount] = Field(description="Top 10.")
+    answered: int  # turns answered without escalation
+    resolution_rate: float | None  # answered / turns
+    escalations: list[ReasonCount]  # the top 10 (decision, reason)
     latency_ms: Percentiles
 
 

@@ -105,7 +105,7 @@ async def require_customer(conn: asyncpg.Connection, customer_id: uuid.UUID | st
 
 class LikelyDuplicate(Out):
     customer_id: str = Field(description="Another customer record that may be the same person.")
-    duplicate_of: str = Field(description="The customer it may duplicate (a match, or the customer just created).")
+    duplicate_of: str = Field(description="The customer it may duplicate.")
     name: str | None = Field(description="Customer-written: wrapped as untrusted.")
     company: str | None = Field(description="Wrapped as untrusted.")
     last_contact_at: datetime | None

@@ -74,7 +74,7 @@ class IngestInput(BaseModel):
     thread_ref: str | None = Field(default=None, max_length=500, description="The channel's thread id (Gmail threadId), kept for replies.")
     in_reply_to: list[Annotated[str, StringConstraints(min_length=1, max_length=500)]] | None = Field(
         default=None, max_length=20,
-        description="Channel message ids this message answers (email In-Reply-To and References): it continues that conversation.")
+        description="Message ids it replies to (In-Reply-To, References): continues their conversation.")
     received_at: datetime | None = Field(default=None, description="When the channel received it (ISO 8601 with time zone). Default: now.")
     metadata: dict[str, Any] | None = Field(default=None, description="Channel-specific extras (JSON object, at most 16 KB, 6 levels deep).")
 

@@ -111,13 +111,13 @@ class ChannelMetrics(Out):
     tickets_opened: int
     tickets_resolved: int = Field(description="Tickets resolved in the period (once each).")
     tickets_escalated_in_period: int = Field(
-        description="Tickets that entered escalated during the period, whenever they were opened (once per ticket).")
+        description="Tickets escalated during the period, whenever opened (once each).")
     opened_tickets_escalation_rate: Rate = Field(
-        description="Of the tickets opened in the period, the share escalated by its end: escalated / tickets_opened.")
+        description="Share of the tickets opened in the period escalated by its end.")
     avg_sentiment: float | None = Field(description="Mean sentiment of inbound messages, -1..1.")
     first_response_s: Spread = Field(description="Seconds from ticket creation to first reply (tickets opened in the period).")
     resolution_s: Spread = Field(description="Seconds from ticket creation to resolution, tickets resolved in the period.")
-    response_latency_ms: Spread = Field(description="Milliseconds from the customer's latest message to the reply (replies in the period).")
+    response_latency_ms: Spread = Field(description="ms from the customer's latest message to the reply, replies in the period.")
     ai_resolution_rate: Rate = Field(
         description="Resolved tickets with no staff reply / tickets resolved in the period.")
     csat: Rate = Field(description="Ratings of 4 or 5 / all ratings given in the period (record_feedback).")
@@ -127,7 +127,7 @@ class MetricsResult(Out):
     since: datetime = Field(description="Start of the period (inclusive).")
     until: datetime = Field(description="End of the period (exclusive).")
     channels: list[ChannelMetrics] = Field(description="One entry per channel, then 'total' (all channels together).")
-    agent: AgentFigures = Field(description="The AI agent's recorded turns.")
+    agent: AgentFigures = Field(description="The AI agent's turns; resolution_rate = answered (not escalated) / turns; top 10 escalations.")
 
 
 # Each query groups by ROLLUP(channel): one row per channel plus a total row (is_total).
