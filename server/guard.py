@@ -24,6 +24,8 @@ from mcp.shared.exceptions import MCPError
 from mcp.types import CallToolResult, TextContent
 from mcp_types import INVALID_REQUEST
 
+from crm_mcp.tools.plumbing.context import CALLER, Caller
+
 from . import audit, roles, telemetry
 from .auth import principal_of
 from .roles import Role
@@ -123,6 +125,7 @@ class Guard:
                                    digest=audit.args_digest(arguments), outcome="error:denied")
             return CallToolResult(content=[TextContent(type="text", text=text)], is_error=True)
         failure = audit.start_call()
+        caller = CALLER.set(Caller(who.actor, who.role))  # tools whose policy depends on who asks (commerce)
         try:
             result = await call_next(ctx)
         except Exception as exc:  # a protocol-level error (MCPError): still counted and audited
@@ -132,6 +135,8 @@ class Guard:
                 await audit.record(self.pool, actor=who.actor, role=who.role, tool=name, ids={},
                                    digest=audit.args_digest(arguments), outcome=f"error:{kind}")
             raise
+        finally:
+            CALLER.reset(caller)
         is_error = bool(_get(result, "is_error", "isError"))
         outcome = "ok" if not is_error else f"error:{failure[0] if failure else 'tool_error'}"
         telemetry.observe_call(name, who.role, outcome, time.perf_counter() - started)

@@ -37,10 +37,13 @@ EXTRA_ROLES: dict[str, frozenset[Role]] = {
     "update_ticket": frozenset({"agent"}),
     "escalate_to_human": frozenset({"agent"}),
     "claim_inbound": frozenset({"agent"}),  # the agent's work queue
+    "find_orders": frozenset({"agent"}),
+    "request_action": frozenset({"agent"}),  # an agent's refund always waits for approval (tools/commerce.py)
     "ingest_message": frozenset({"bridge"}),
     "update_delivery_status": frozenset({"bridge"}),
     "claim_outbox": frozenset({"bridge"}),
-    "get_ticket_updates": frozenset({"bridge"}),  # what a status page shows the customer of their own ticket
+    "get_ticket_updates": frozenset({"bridge"}),
+    "upsert_order": frozenset({"bridge"}),  # the Shopify bridge (toolset store_sync)  # what a status page shows the customer of their own ticket
 }
 
 # Resources: URI (or URI template) -> roles. Anything not listed: every role but bridge.

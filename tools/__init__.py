@@ -6,7 +6,8 @@ Domain modules (each declares its tools with @crm_tool beside the handler):
     replies     send_response (the outbox), update_delivery_status, get_conversation, claim_outbox
     tickets     create/get/list/update_ticket, escalate_to_human, the state machine, the SLA sweep
     knowledge   search_knowledge_base, upsert_kb_article, search_products, import and reindex
-    metrics     get_metrics, record_feedback
+    metrics     get_metrics, record_feedback (past days from the analytics_daily roll-up: analytics.py)
+    commerce    find_orders, request_action, decide_action, list_actions, customer preferences, upsert_order
     agent_queue claim_inbound (the answering agent's work queue, leased, long-polling)
     vocabulary  the closed word lists (channels, statuses, priorities...) shared with the schema
     models      output models several tools share (customer summary, identities, sentiment)
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 def all_tools() -> list[ToolSpec]:
     """Every tool, in declaration order (importing a domain module registers its tools)."""
     from crm_mcp.tools import customers, intake, knowledge, metrics, replies, tickets  # noqa: F401
+    from crm_mcp.tools import commerce  # noqa: F401
     from crm_mcp.tools import agent_queue  # noqa: F401  (last: its tools list after the ones it builds on)
     from crm_mcp.tools.plumbing.registry import REGISTRY
 

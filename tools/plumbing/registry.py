@@ -28,7 +28,17 @@ from crm_mcp.tools.engines.formatting import strip_control_chars
 
 log = logging.getLogger(__name__)
 
-TOOLSETS = ("customers", "conversations", "tickets", "knowledge", "metrics", "commerce")
+TOOLSETS = ("customers", "conversations", "tickets", "knowledge", "metrics", "commerce", "store_sync")
+# Published only when named (CRM_TOOLSETS=all,store_sync): plumbing for one bridge, not for clients.
+OPT_IN_TOOLSETS = ("store_sync",)
+
+
+def wanted_toolsets(toolsets: str) -> set[str]:
+    """'all' (every toolset but the opt-in ones), optionally plus opt-in ones, or a list."""
+    parts = set(toolsets.split(","))
+    if "all" in parts:
+        return (set(TOOLSETS) - set(OPT_IN_TOOLSETS)) | (parts - {"all"})
+    return parts
 
 
 @dataclass(frozen=True)
