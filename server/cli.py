@@ -162,7 +162,7 @@ def _store(settings: Settings, ns: argparse.Namespace) -> None:
 
         if not (ns.server or os.environ.get("CRM_SERVER_URL")):
             # the stdio server this starts must publish upsert_order and act as the bridge role
-            os.environ["CRM_TOOLSETS"] = "all,store_sync"
+            os.environ["CRM_TOOLSETS"] = "store_sync"
             os.environ["CRM_ROLE"] = "bridge"
         shopify_sync(server=ns.server, token=ns.token, checkpoint=ns.checkpoint, restart=ns.restart,
                      page_size=ns.page_size, max_pages=ns.max_pages, log_level=settings.log_level)

@@ -99,7 +99,7 @@ class Settings(BaseSettings):
         parts = [part.strip().lower() for part in v.split(",") if part.strip()]
         if not parts:
             return "all"
-        if "all" in parts:  # opt-in toolsets (store_sync) may be added to all
+        if "all" in parts:  # opt-in toolsets (store, store_sync) may be added to all
             parts = ["all", *(p for p in parts if p != "all")]
         unknown = [p for p in parts if p not in TOOLSETS and p != "all"]
         if unknown:

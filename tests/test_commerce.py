@@ -44,7 +44,7 @@ async def test_orders_actions_and_approval_by_role_over_http(db_dsn: str) -> Non
     bridge = await make_token(db_dsn, "shopify-bridge", "bridge")
     agent = await make_token(db_dsn, "store-agent", "agent")
     staff = await make_token(db_dsn, "desk-carla", "staff")
-    async with http_server(db_dsn, CRM_TOOLSETS="all,store_sync") as srv:
+    async with http_server(db_dsn, CRM_TOOLSETS="all,store,store_sync") as srv:
         async with bearer_client(srv.url, bridge) as b:
             assert "upsert_order" in await tool_names(b)
             made = await call(b, "upsert_order", **order())
@@ -143,7 +143,7 @@ async def test_orders_actions_and_approval_by_role_over_http(db_dsn: str) -> Non
 async def test_preferences(db_dsn: str) -> None:
     staff = await make_token(db_dsn, "desk", "staff")
     agent = await make_token(db_dsn, "agent", "agent")
-    async with http_server(db_dsn) as srv:
+    async with http_server(db_dsn, CRM_TOOLSETS="all,store") as srv:
         async with bearer_client(srv.url, staff) as s:
             assert "upsert_order" not in await tool_names(s)  # store_sync is opt-in
             cid = (await call(s, "upsert_customer", email="pref@example.com", name="Pref"))["customer"]["customer_id"]

@@ -50,7 +50,7 @@ async def test_sync_pages_throttles_and_resumes(db_dsn: str, tmp_path: Path) -> 
     fake = FakeShopify(orders=[gql_order(n) for n in range(1, 8)], throttle_after={"c3"}, low_bucket_after={"c3"})
     checkpoint = tmp_path / "cp.json"
     with fake_shopify(fake):
-        async with http_server(db_dsn, CRM_TOOLSETS="all,store_sync") as srv:
+        async with http_server(db_dsn, CRM_TOOLSETS="all,store,store_sync") as srv:
             env = shopify_env(fake, token)
             first = await run_cli(db_dsn, env, "shopify", "sync", "--server", srv.url, "--checkpoint", str(checkpoint),
                                   "--page-size", "3", "--max-pages", "1")
@@ -115,7 +115,7 @@ async def test_webhooks(db_dsn: str, tmp_path: Path) -> None:
                                                                                              "currencyCode": "USD"}}})
     fake = FakeShopify(orders=[refund_node])
     with fake_shopify(fake):
-        async with http_server(db_dsn, CRM_TOOLSETS="all,store_sync") as srv:
+        async with http_server(db_dsn, CRM_TOOLSETS="all,store,store_sync") as srv:
             port = free_port()
             log = open(tmp_path / "bridge.log", "wb")
             proc = subprocess.Popen([sys.executable, "-m", "crm_mcp.server.cli", "bridge", "shopify", "--port", str(port),

@@ -8,7 +8,9 @@ person's approval, and customer preferences.
     list_actions              pending first; filters by status, type, customer
     get_customer_preferences  sizes, style, preferred channel, language, marketing consent
     set_customer_preferences
-    upsert_order              the store bridge's write (toolset store_sync, hidden unless enabled)
+    upsert_order              the store bridge's write (toolset store_sync)
+
+Both toolsets are opt-in (CRM_TOOLSETS=all,store[,store_sync]): a desk that sells enables them.
 
 Approval policy: an action waits for a person when its amount is above its type's threshold
 (settings.approval_thresholds over DEFAULT_THRESHOLDS; a negative threshold means always), and every
@@ -116,7 +118,7 @@ def order_view(r: asyncpg.Record) -> OrderView:
         placed_at=r["placed_at"], updated_at=r["store_updated_at"] or r["updated_at"])
 
 
-@crm_tool(name="find_orders", title="Find orders", toolset="commerce", read_only=True, destructive=False, idempotent=True)
+@crm_tool(name="find_orders", title="Find orders", toolset="store", read_only=True, destructive=False, idempotent=True)
 async def find_orders(crm: Crm, args: FindOrdersInput) -> FindOrdersResult:
     """Orders synced from the store: one by order_number (#1001), or a customer's recent orders
     (customer_id, newest first, paged). Each shows status, items, totals, fulfilment and tracking
@@ -226,7 +228,7 @@ async def _order(conn: asyncpg.Connection, number: str) -> asyncpg.Record:
     return rows[0]
 
 
-@crm_tool(name="request_action", title="Request order action", toolset="commerce", read_only=False, destructive=False, idempotent=True)
+@crm_tool(name="request_action", title="Request order action", toolset="store", read_only=False, destructive=False, idempotent=True)
 async def request_action(crm: Crm, args: RequestActionInput) -> RequestActionResult:
     """Ask for a refund, discount, replacement, cancellation, order change or credit on an order
     (order_number from find_orders). Small ones are applied at once; larger ones, and every refund
@@ -309,7 +311,7 @@ class DecideActionResult(Out):
     reply_problem: str | None = Field(description="Why no reply could be queued (the decision still stands).")
 
 
-@crm_tool(name="decide_action", title="Decide action", toolset="commerce", read_only=False, destructive=False, idempotent=True)
+@crm_tool(name="decide_action", title="Decide action", toolset="store", read_only=False, destructive=False, idempotent=True)
 async def decide_action(crm: Crm, args: DecideActionInput) -> DecideActionResult:
     """Approve or reject a pending_approval action (list_actions) with a note. Staff and admin only.
     The customer's conversation gets an internal note; on approval the action is applied and a
@@ -379,7 +381,7 @@ class ListActionsResult(Out):
 _DB_STATUS = {"pending_approval": ["pending"], "applied": ["approved", "not_required"], "rejected": ["rejected"]}
 
 
-@crm_tool(name="list_actions", title="List order actions", toolset="commerce", read_only=True, destructive=False, idempotent=True)
+@crm_tool(name="list_actions", title="List order actions", toolset="store", read_only=True, destructive=False, idempotent=True)
 async def list_actions(crm: Crm, args: ListActionsInput) -> ListActionsResult:
     """Order actions (refunds, discounts, replacements...), pending_approval first (oldest first:
     the approval queue), then the rest newest first; filter by status, action_type, customer_id.
@@ -444,7 +446,7 @@ async def _customer(conn: asyncpg.Connection, cid: uuid.UUID) -> None:
         raise NotFound(f"No customer {cid}.", hint="Use find_customer to look up the customer_id.")
 
 
-@crm_tool(name="get_customer_preferences", title="Get customer preferences", toolset="commerce", read_only=True,
+@crm_tool(name="get_customer_preferences", title="Get customer preferences", toolset="store", read_only=True,
           destructive=False, idempotent=True)
 async def get_customer_preferences(crm: Crm, args: GetPreferencesInput) -> PreferencesResult:
     """A customer's shopping preferences: sizes, style, preferred channel, language, and marketing
@@ -477,7 +479,7 @@ class SetPreferencesInput(BaseModel):
         return self
 
 
-@crm_tool(name="set_customer_preferences", title="Set customer preferences", toolset="commerce", read_only=False,
+@crm_tool(name="set_customer_preferences", title="Set customer preferences", toolset="store", read_only=False,
           destructive=False, idempotent=True)
 async def set_customer_preferences(crm: Crm, args: SetPreferencesInput) -> PreferencesResult:
     """Record a customer's sizes, style, preferred channel, language or marketing consent (true /

@@ -28,9 +28,10 @@ from crm_mcp.tools.engines.formatting import strip_control_chars
 
 log = logging.getLogger(__name__)
 
-TOOLSETS = ("customers", "conversations", "tickets", "knowledge", "metrics", "commerce", "store_sync")
-# Published only when named (CRM_TOOLSETS=all,store_sync): plumbing for one bridge, not for clients.
-OPT_IN_TOOLSETS = ("store_sync",)
+TOOLSETS = ("customers", "conversations", "tickets", "knowledge", "metrics", "commerce", "store", "store_sync")
+# Published only when named (CRM_TOOLSETS=all,store,store_sync): a shop's orders, actions and
+# preferences are for desks that sell (issue 18), and store_sync is plumbing for the Shopify bridge.
+OPT_IN_TOOLSETS = ("store", "store_sync")
 
 
 def wanted_toolsets(toolsets: str) -> set[str]:
