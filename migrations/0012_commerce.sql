@@ -36,3 +36,11 @@ ALTER TABLE analytics_daily
 -- The roll-up reads a day of messages and conversations at a time.
 CREATE INDEX messages_created_idx ON messages (created_at);
 CREATE INDEX conversations_started_idx ON conversations (started_at);
+
+-- Found while generating a year of tickets: lpad() truncates, so ticket 10000 was numbered
+-- TKT-1000 again (a unique violation from then on). Four digits at least, never fewer.
+CREATE OR REPLACE FUNCTION crm_next_ticket_number() RETURNS text
+LANGUAGE sql AS $$
+    UPDATE counters SET value = value + 1 WHERE name = 'ticket'
+    RETURNING 'TKT-' || CASE WHEN value < 10000 THEN lpad(value::text, 4, '0') ELSE value::text END;
+$$;

@@ -25,9 +25,11 @@ async def sla_loop(crm: Crm, interval_s: float) -> None:
         await anyio.sleep(interval_s)
 
 
-async def analytics_loop(crm: Crm, interval_s: float = 900.0) -> None:
+async def analytics_loop(crm: Crm, interval_s: float = 900.0, first_delay_s: float = 60.0) -> None:
     """Roll up finished days into analytics_daily every interval_s (one replica at a time: the job
-    takes a try-lock and the others skip the round)."""
+    takes a try-lock and the others skip the round). The first round waits a minute, so data a
+    start-up loads (--demo) is in before a day is rolled up."""
+    await anyio.sleep(first_delay_s)
     while True:
         try:
             done = await analytics.refresh(crm)

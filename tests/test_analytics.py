@@ -117,3 +117,14 @@ async def test_refresh_on_an_empty_database_and_bad_cli_date(db_dsn: str) -> Non
     proc = subprocess.run([sys.executable, "-m", "crm_mcp.server.cli", "analytics", "backfill", "--since", "last week"],
                           env=server_env(db_dsn), cwd=str(REPO), capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "YYYY-MM-DD" in proc.stderr and "Traceback" not in proc.stderr
+
+
+async def test_ticket_numbers_past_9999_stay_unique(db_dsn: str) -> None:
+    """Found generating a year of tickets: numbering wrapped to TKT-1000 at 10000 (migration 0012)."""
+    conn = await asyncpg.connect(db_dsn)
+    try:
+        await conn.execute("UPDATE counters SET value = 9998 WHERE name = 'ticket'")
+        numbers = [await conn.fetchval("SELECT crm_next_ticket_number()") for _ in range(3)]
+    finally:
+        await conn.close()
+    assert numbers == ["TKT-9999", "TKT-10000", "TKT-10001"]
