@@ -5,6 +5,7 @@ queue order of list_actions, and customer preferences."""
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 import asyncpg
@@ -123,7 +124,7 @@ async def test_orders_actions_and_approval_by_role_over_http(db_dsn: str) -> Non
             assert after["orders"][0]["refunded"] == "30.00 EUR"  # 20 applied + 10 approved; 60 rejected
 
     msgs = await _fetch(db_dsn, "SELECT role, direction, content, delivery_status FROM messages WHERE conversation_id = $1 "
-                                "ORDER BY created_at", __import__("uuid").UUID(conv))
+                                "ORDER BY created_at", uuid.UUID(conv))
     notes = [m["content"] for m in msgs if m["role"] == "system"]
     assert len(notes) == 2 and "approved by desk-carla: Photo shows the tear" in notes[0]
     assert "rejected by desk-carla" in notes[1]
