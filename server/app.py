@@ -21,7 +21,7 @@ from crm_mcp.tools import knowledge
 from crm_mcp.tools.plumbing.context import Crm
 
 from . import __version__
-from .background import sla_loop
+from .background import analytics_loop, sla_loop
 from .access import install, server_kwargs
 from .audit import note_failure
 from .config import Settings
@@ -124,6 +124,7 @@ async def open_crm(settings: Settings, *, check_embeddings: bool = True, backgro
         async with anyio.create_task_group() as tg:
             if background:
                 tg.start_soon(sla_loop, crm, settings.sla_check_interval_s)
+                tg.start_soon(analytics_loop, crm)
             try:
                 yield crm
             finally:

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 # Keys whose values in a tool's structured result name what the call touched.
 ID_KEYS = ("ticket_number", "customer_id", "conversation_id", "message_id", "article_id", "feedback_id",
-           "merged_into", "source_customer_id", "target_customer_id", "order_id", "product_id")
+           "merged_into", "source_customer_id", "target_customer_id", "order_id", "product_id", "action_id")
 _MAX_IDS = 20
 
 # The failure of the tool call in flight, noted by CrmServer.call_tool where the exception's

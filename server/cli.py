@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     _whatsapp_parser(bridgesub)
     _email_bridge_parser(bridgesub)
 
+    _store_parsers(sub, bridgesub)
+
     agent = sub.add_parser("agent", help="run the offline answering agent (an MCP client of this CRM, role agent)")
     agent.add_argument("--server", help="CRM MCP endpoint, e.g. http://127.0.0.1:8000/mcp (env CRM_SERVER_URL); "
                        "default: start `crm-mcp serve --role agent` over stdio on the local data directory")
@@ -181,6 +183,73 @@ def _bridge_email(ns: argparse.Namespace, settings: Settings) -> None:
         _usage_error(f"bridge email: {exc}")
 
 
+def _store_parsers(sub: Any, bridgesub: Any) -> None:
+    """Issue 18: the Shopify bridge, its backfill, and the daily analytics roll-up."""
+    sh = bridgesub.add_parser("shopify", help="Shopify order webhooks at POST /shopify/webhooks (SHOPIFY_* settings)")
+    sh.add_argument("--port", type=int, default=8092, help="HTTP port (default 8092)")
+    sh.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    sh.add_argument("--server", help="CRM MCP endpoint (env CRM_SERVER_URL); the server must enable toolset store_sync")
+    sh.add_argument("--token", help="bearer token with the bridge role (env CRM_TOKEN)")
+    sh.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="env CRM_LOG_LEVEL")
+
+    shop = sub.add_parser("shopify", help="Shopify store: backfill orders")
+    shopsub = shop.add_subparsers(dest="shopify_command", required=True)
+    sync = shopsub.add_parser("sync", help="copy every order from the Admin GraphQL API (resumable; progress bar)")
+    sync.add_argument("--server", help="CRM MCP endpoint (env CRM_SERVER_URL); default: `crm-mcp serve` over stdio "
+                      "with toolset store_sync on the local data directory")
+    sync.add_argument("--token", help="bearer token with the bridge role (env CRM_TOKEN)")
+    sync.add_argument("--checkpoint", help="checkpoint file (default: in the crm-mcp data directory, per shop)")
+    sync.add_argument("--restart", action="store_true", help="ignore the checkpoint and start from the first order")
+    sync.add_argument("--page-size", type=int, default=50, choices=range(1, 251), metavar="1-250",
+                      help="orders per Admin API query (default 50)")
+    sync.add_argument("--max-pages", type=int, help=argparse.SUPPRESS)  # tests: stop mid-way, then resume
+    sync.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="env CRM_LOG_LEVEL")
+
+    an = sub.add_parser("analytics", help="the daily analytics roll-up (analytics_daily)")
+    ansub = an.add_subparsers(dest="analytics_command", required=True)
+    back = ansub.add_parser("backfill", help="(re)compute daily figures from --since up to yesterday (idempotent)")
+    _common(back)
+    back.add_argument("--since", required=True, type=_date, help="first day, YYYY-MM-DD (UTC)")
+
+
+def _date(value: str) -> Any:
+    from datetime import date
+
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a date; use YYYY-MM-DD, e.g. 2026-01-31") from None
+
+
+def _store(settings: Settings, ns: argparse.Namespace) -> None:
+    import os
+
+    if ns.command == "bridge":
+        from crm_mcp.channel_bridges.shopify.webhooks import main as shopify_bridge
+
+        shopify_bridge(port=ns.port, host=ns.host, server=ns.server, token=ns.token, log_level=settings.log_level)
+    elif ns.command == "shopify":
+        from crm_mcp.channel_bridges.shopify.sync import main as shopify_sync
+
+        if not (ns.server or os.environ.get("CRM_SERVER_URL")):
+            # the stdio server this starts must publish upsert_order and act as the bridge role
+            os.environ["CRM_TOOLSETS"] = "store_sync"
+            os.environ["CRM_ROLE"] = "bridge"
+        shopify_sync(server=ns.server, token=ns.token, checkpoint=ns.checkpoint, restart=ns.restart,
+                     page_size=ns.page_size, max_pages=ns.max_pages, log_level=settings.log_level)
+    else:
+        from .app import open_crm
+
+        async def backfill() -> None:
+            from crm_mcp.tools import analytics
+
+            async with open_crm(settings, background=False) as crm:
+                result = await analytics.backfill(crm, ns.since)
+            print(json.dumps(result, default=str))
+
+        anyio.run(backfill)
+
+
 def _settings(ns: argparse.Namespace) -> Settings:
     keys = ("database_url", "data_dir", "default_region", "log_level", "host", "port", "read_only", "toolsets",
             "role", "no_auth", "public_url")
@@ -242,6 +311,8 @@ def main(argv: list[str] | None = None) -> None:
             _bridge_whatsapp(ns, settings)
         elif ns.command == "bridge" and ns.bridge_command == "email":
             _bridge_email(ns, settings)
+        elif ns.command in ("shopify", "analytics") or (ns.command == "bridge" and ns.bridge_command == "shopify"):
+            _store(settings, ns)
         elif ns.command == "bridge":
             from crm_mcp.channel_bridges.webform.serve import main as webform
 

@@ -69,6 +69,10 @@ class Settings(BaseSettings):
     http_max_connections: int = Field(default=1000, ge=1)
     metrics_require_token: bool = Field(default=True, description="/metrics needs a bearer token when auth is on.")
     log_format: Literal["text", "json"] = "text"
+    # Commerce (tools/commerce.py): an action whose amount is above its type's threshold waits for a
+    # person; a negative threshold means always. Refunds the agent role asks for always wait.
+    approval_thresholds: dict[str, float] = Field(
+        default={}, description='JSON overriding the per-type defaults (50 for each type), e.g. {"refund": 20, "cancellation": -1}.')
 
     @field_validator("database_url")
     @classmethod
@@ -93,9 +97,11 @@ class Settings(BaseSettings):
         from crm_mcp.tools.plumbing.registry import TOOLSETS
 
         parts = [part.strip().lower() for part in v.split(",") if part.strip()]
-        if not parts or "all" in parts:
+        if not parts:
             return "all"
-        unknown = [p for p in parts if p not in TOOLSETS]
+        if "all" in parts:  # opt-in toolsets (store, store_sync) may be added to all
+            parts = ["all", *(p for p in parts if p != "all")]
+        unknown = [p for p in parts if p not in TOOLSETS and p != "all"]
         if unknown:
             raise ValueError(
                 f"has unknown toolset(s) {', '.join(unknown)}; valid: all, or a comma-separated list of {', '.join(TOOLSETS)}.")

@@ -29,7 +29,7 @@ from mcp.shared.exceptions import MCPError
 from mcp.types import CallToolResult, TextContent
 from mcp_types import INVALID_REQUEST
 
-from crm_mcp.tools.plumbing.context import lease_holder
+from crm_mcp.tools.plumbing.context import CALLER, Caller, lease_holder
 from crm_mcp.tools.plumbing.errors import Unavailable
 
 from . import audit, lease_scope, roles, telemetry
@@ -145,6 +145,7 @@ class Guard:
         assert who is not None
         failure = audit.start_call()
         holding = lease_holder.set(who.holder)
+        caller = CALLER.set(Caller(who.actor, who.role))  # tools whose policy depends on who asks (commerce)
         try:
             result = await call_next(ctx)
         except Exception as exc:  # a protocol-level error (MCPError): still counted and audited
@@ -156,6 +157,7 @@ class Guard:
             raise
         finally:
             lease_holder.reset(holding)
+            CALLER.reset(caller)
         is_error = bool(_get(result, "is_error", "isError"))
         outcome = "ok" if not is_error else f"error:{failure[0] if failure else 'tool_error'}"
         telemetry.observe_call(name, who.role, outcome, time.perf_counter() - started)

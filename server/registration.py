@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from crm_mcp import resources
 from crm_mcp.tools import all_tools
 from crm_mcp.tools.plumbing.context import Crm
-from crm_mcp.tools.plumbing.registry import TOOLSETS, ToolSpec
+from crm_mcp.tools.plumbing.registry import TOOLSETS, ToolSpec, wanted_toolsets
 
 
 class CrmTool(Tool):
@@ -81,7 +81,7 @@ def make_tool(spec: ToolSpec, crm: Crm) -> CrmTool:
 
 
 def selected_specs(toolsets: str, read_only: bool) -> list[ToolSpec]:
-    wanted = set(TOOLSETS) if toolsets == "all" else set(toolsets.split(","))
+    wanted = wanted_toolsets(toolsets)
     unknown = wanted - set(TOOLSETS)
     if unknown:
         raise ValueError(f"unknown toolset(s) {sorted(unknown)}; valid: {', '.join(TOOLSETS)} or all")

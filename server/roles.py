@@ -40,10 +40,13 @@ EXTRA_ROLES: dict[str, frozenset[Role]] = {
     "escalate_to_human": frozenset({"agent"}),
     "claim_inbound": frozenset({"agent"}),  # the agent's work queue
     "record_agent_turn": frozenset({"agent"}),
+    "find_orders": frozenset({"agent"}),
+    "request_action": frozenset({"agent"}),  # an agent's refund always waits for approval (tools/commerce.py)
     "ingest_message": frozenset({"bridge"}),
     "update_delivery_status": frozenset({"bridge"}),
     "claim_outbox": frozenset({"bridge"}),
     "get_ticket_updates": frozenset({"bridge"}),  # what a status page shows the customer of their own ticket
+    "upsert_order": frozenset({"bridge"}),  # the Shopify bridge (toolset store_sync)
     "bridge_checkpoint": frozenset({"bridge"}),  # where a bridge has got to in its channel (IMAP UIDs, Gmail historyId)
 }
 
@@ -64,6 +67,8 @@ AGENT_SCOPE: dict[str, dict[str, ScopeKind]] = {
     "update_ticket": {"ticket_number": "ticket"},
     "escalate_to_human": {"ticket_number": "ticket"},
     "record_agent_turn": {"message_id": "message"},
+    "find_orders": {"customer_id": "customer", "order_number": "order"},
+    "request_action": {"order_number": "order", "conversation_id": "conversation"},
     "search_knowledge_base": UNSCOPED,
     "search_products": UNSCOPED,
     "claim_inbound": UNSCOPED,  # takes a lease; never names a customer

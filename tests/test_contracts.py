@@ -46,10 +46,10 @@ def tool_contract(tool: Any) -> dict[str, Any]:
 
 
 async def published_contracts() -> dict[str, dict[str, Any]]:
-    """What tools/list returns with every toolset on, in its order, without a database: the
+    """What tools/list returns with every toolset on (the opt-in store and store_sync too), in its order, without a database: the
     server is built exactly as `crm-mcp serve` builds it, and building only stores the pool.
     Settings are constructed without reading CRM_* from the environment."""
-    crm = Crm(settings=Settings.model_construct(toolsets="all", read_only=False), pool=None)  # type: ignore[arg-type]
+    crm = Crm(settings=Settings.model_construct(toolsets="all,store,store_sync", read_only=False), pool=None)  # type: ignore[arg-type]
     tools = await build_server(crm).list_tools()
     return {t.name: tool_contract(t) for t in tools}
 
@@ -125,7 +125,7 @@ async def test_snapshot_check_fails_on_a_missing_extra_or_changed_file(tmp_path:
 
 async def test_stdio_server_publishes_the_in_process_contracts(db_dsn: str) -> None:
     """The snapshots are built in-process; this proves that is what a client over stdio gets."""
-    async with mcp_client(db_dsn) as client:
+    async with mcp_client(db_dsn, CRM_TOOLSETS="all,store,store_sync") as client:
         over_stdio = {t.name: tool_contract(t) for t in (await client.list_tools()).tools}
     in_process = await published_contracts()
     assert list(over_stdio) == list(in_process)

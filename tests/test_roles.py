@@ -7,15 +7,16 @@ import asyncpg
 import pytest
 from mcp.shared.exceptions import MCPError
 
-from crm_mcp.tools import all_tools
+from crm_mcp.server.registration import selected_specs
 
 from .conftest import call, mcp_client
 from .http_server import bearer_client, http_server, make_token, result_text, tool_names
 
 pytestmark = pytest.mark.anyio
 
-ALL = {s.name for s in all_tools()}
-READ = {s.name for s in all_tools() if s.annotations.read_only_hint}
+DEFAULT = selected_specs("all", read_only=False)  # what a server publishes without opt-in toolsets
+ALL = {s.name for s in DEFAULT}
+READ = {s.name for s in DEFAULT if s.annotations.read_only_hint}
 AGENT = {"get_customer_history", "get_conversation", "get_ticket", "search_knowledge_base", "search_products",
          "send_response", "create_ticket", "update_ticket", "escalate_to_human", "claim_inbound", "record_agent_turn"}
 BRIDGE = {"ingest_message", "update_delivery_status", "claim_outbox", "get_ticket_updates", "bridge_checkpoint"}

@@ -6,7 +6,8 @@ Domain modules (each declares its tools with @crm_tool beside the handler):
     replies     send_response (the outbox), update_delivery_status, get_conversation, claim_outbox
     tickets     create/get/list/update_ticket, escalate_to_human, the state machine, the SLA sweep
     knowledge   search_knowledge_base, upsert_kb_article, search_products, import and reindex
-    metrics     get_metrics, record_feedback
+    metrics     get_metrics, record_feedback (past days from the analytics_daily roll-up: analytics.py)
+    commerce    find_orders, request_action, decide_action, list_actions, customer preferences, upsert_order
     agent_queue claim_inbound (the answering agent's work queue, leased, long-polling)
     agent_turns record_agent_turn (what the agent did each turn) and the agent's figures for get_metrics
     bridge_state bridge_checkpoint (where a channel bridge has got to: IMAP UIDs, Gmail historyId)
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 def all_tools() -> list[ToolSpec]:
     """Every tool, in declaration order (importing a domain module registers its tools)."""
     from crm_mcp.tools import customers, intake, knowledge, metrics, replies, tickets  # noqa: F401
+    from crm_mcp.tools import commerce  # noqa: F401
     from crm_mcp.tools import agent_queue, agent_turns  # noqa: F401  (last: their tools list after the ones they build on)
     from crm_mcp.tools import bridge_state  # noqa: F401
     from crm_mcp.tools.plumbing.registry import REGISTRY

@@ -1,9 +1,11 @@
 """Metrics: get_metrics (support figures for a period, per channel and in total) and
 record_feedback (a customer's 1-5 rating of a reply or of a ticket's handling).
 
-Every figure is computed from the live tables at call time (messages, conversations, tickets,
-ticket_events, feedback, agent_metrics), never from a stored roll-up, so it always agrees with
-what the other tools show. A period is half-open: since <= t < until.
+Figures are computed from the live tables at call time (messages, conversations, tickets,
+ticket_events, feedback, agent_metrics), except that whole past days already rolled up into
+analytics_daily (tools/analytics.py, with these same queries) are read from the roll-up for the
+figures that add up by day; the result is the same either way (tests/test_analytics.py). A period
+is half-open: since <= t < until.
 
 Definitions (channel = the conversation's initial channel, the message's channel, the ticket's
 source channel, the metric's channel or the rated message's / ticket's channel):
@@ -31,7 +33,7 @@ source channel, the metric's channel or the rated message's / ticket's channel):
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, time, timedelta, timezone
 from typing import Any, Literal
 
 import asyncpg
@@ -145,7 +147,8 @@ MESSAGES_SQL = """
 SELECT channel, GROUPING(channel) = 1 AS is_total,
        count(*) FILTER (WHERE direction = 'inbound') AS messages_in,
        count(*) FILTER (WHERE direction = 'outbound' AND role IN ('agent', 'human')) AS messages_out,
-       avg(sentiment) FILTER (WHERE direction = 'inbound') AS avg_sentiment
+       sum(sentiment::float8) FILTER (WHERE direction = 'inbound') AS sentiment_sum,
+       count(sentiment) FILTER (WHERE direction = 'inbound') AS sentiment_n
 FROM messages
 WHERE created_at >= $1 AND created_at < $2 AND ($3::text IS NULL OR channel = $3)
 GROUP BY ROLLUP (channel)
@@ -201,17 +204,6 @@ FROM per_ticket
 GROUP BY ROLLUP (channel)
 """
 
-LATENCY_SQL = """
-SELECT channel, GROUPING(channel) = 1 AS is_total,
-       count(*) AS lat_n,
-       percentile_cont(0.5) WITHIN GROUP (ORDER BY value) AS lat_median,
-       percentile_cont(0.9) WITHIN GROUP (ORDER BY value) AS lat_p90
-FROM agent_metrics
-WHERE metric_type = 'response_latency' AND recorded_at >= $1 AND recorded_at < $2
-  AND ($3::text IS NULL OR channel = $3)
-GROUP BY ROLLUP (channel)
-"""
-
 FEEDBACK_SQL = """
 SELECT channel, GROUPING(channel) = 1 AS is_total,
        count(*) AS csat_n,
@@ -221,7 +213,49 @@ WHERE created_at >= $1 AND created_at < $2 AND ($3::text IS NULL OR channel = $3
 GROUP BY ROLLUP (channel)
 """
 
-QUERIES = (CONVERSATIONS_SQL, MESSAGES_SQL, OPENED_SQL, HISTORY_SQL, LATENCY_SQL, FEEDBACK_SQL)
+# Figures that add up day by day (summed over the roll-up and the live edges of a period) and the
+# ticket cohorts of the whole period (always live: tickets opened in it, escalated by its end...).
+ADDITIVE_QUERIES = (CONVERSATIONS_SQL, MESSAGES_SQL, FEEDBACK_SQL)
+COHORT_QUERIES = (OPENED_SQL, HISTORY_SQL)
+
+# The same sums from analytics_daily for days [$1, $2). With a channel filter the total is that
+# channel's rows (as in the live queries); without, the 'all' rows (which hold rows of no channel).
+ROLLUP_SQL = """
+SELECT CASE WHEN channel = 'all' THEN NULL ELSE channel END AS channel, channel = 'all' AS is_total,
+       sum(conversations) AS conversations, sum(messages_in) AS messages_in, sum(messages_out) AS messages_out,
+       sum(sentiment_sum) AS sentiment_sum, sum(sentiment_n) AS sentiment_n,
+       sum(csat_responses) AS csat_n, sum(csat_satisfied) AS csat_satisfied
+FROM analytics_daily
+WHERE day >= $1 AND day < $2 AND ($3::text IS NULL OR channel = $3)
+GROUP BY channel
+UNION ALL
+SELECT NULL, true, sum(conversations), sum(messages_in), sum(messages_out), sum(sentiment_sum), sum(sentiment_n),
+       sum(csat_responses), sum(csat_satisfied)
+FROM analytics_daily
+WHERE day >= $1 AND day < $2 AND $3::text IS NOT NULL AND channel = $3
+"""
+
+# Reply latency over live edges [$1, $2) and [$4, $5) plus the roll-up's samples for days [$6, $7):
+# percentile_cont over exactly the values recorded in the whole period. Used for periods with no
+# rolled-up day; with one, _latency_from_rollup computes the same figures faster.
+LATENCY_RANGE_SQL = """
+WITH live AS (
+    SELECT channel AS ch, value AS v FROM agent_metrics
+    WHERE metric_type = 'response_latency' AND ($3::text IS NULL OR channel = $3)
+      AND ((recorded_at >= $1 AND recorded_at < $2) OR (recorded_at >= $4 AND recorded_at < $5))
+), rolled AS (
+    SELECT d.channel AS ch, u.v FROM analytics_daily d, unnest(d.latency_ms) AS u(v)
+    WHERE d.day >= $6 AND d.day < $7 AND ($3::text IS NULL OR d.channel IN ($3, 'all'))
+)
+SELECT ch AS channel, false AS is_total, count(*) AS lat_n,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY v) AS lat_median,
+       percentile_cont(0.9) WITHIN GROUP (ORDER BY v) AS lat_p90
+FROM (SELECT ch, v FROM live WHERE ch IS NOT NULL UNION ALL SELECT ch, v FROM rolled WHERE ch <> 'all') s
+GROUP BY ch
+UNION ALL
+SELECT NULL, true, count(*), percentile_cont(0.5) WITHIN GROUP (ORDER BY v), percentile_cont(0.9) WITHIN GROUP (ORDER BY v)
+FROM (SELECT v FROM live UNION ALL SELECT v FROM rolled WHERE ch = coalesce($3::text, 'all')) s
+"""
 
 
 def _round(v: Any, digits: int) -> float | None:
@@ -247,7 +281,7 @@ def _entry(name: str, r: dict[str, Any]) -> ChannelMetrics:
         tickets_resolved=n("tickets_resolved"),
         tickets_escalated_in_period=n("tickets_escalated"),
         opened_tickets_escalation_rate=_rate(n("opened_escalated"), n("tickets_opened")),
-        avg_sentiment=_round(r.get("avg_sentiment"), 3),
+        avg_sentiment=_round(r["sentiment_sum"] / n("sentiment_n"), 3) if n("sentiment_n") else None,
         first_response_s=_spread(r, "frt", n("frt_n")),
         resolution_s=_spread(r, "res", n("tickets_resolved")),
         response_latency_ms=_spread(r, "lat", n("lat_n"), 0),
@@ -273,18 +307,101 @@ async def get_metrics(crm: Crm, args: GetMetricsInput) -> MetricsResult:
         return await compute(conn, since, until, args.channel)
 
 
-async def compute(conn: asyncpg.Connection, since: datetime, until: datetime, channel: str | None = None) -> MetricsResult:
+async def compute(conn: asyncpg.Connection, since: datetime, until: datetime, channel: str | None = None,
+                  *, use_rollup: bool = True) -> MetricsResult:
     """The figures of get_metrics for [since, until); also used by the metrics resource and the
-    daily_report prompt, so every surface reports the same definitions."""
+    daily_report prompt, so every surface reports the same definitions.
+
+    Whole past UTC days already in analytics_daily (tools/analytics.py) are read from it for the
+    figures that add up day by day (conversations, messages, sentiment sums, CSAT, latency samples);
+    the partial days at either end, today, and the ticket cohorts are computed live. use_rollup=False
+    computes everything live (the reference the roll-up is tested against)."""
     merged: dict[str, dict[str, Any]] = {c: {} for c in (*CHANNELS, "total")}
-    for sql in QUERIES:
-        for row in await conn.fetch(sql, since, until, channel):
+    block = await _rollup_block(conn, since, until) if use_rollup else None
+    edges = [(since, until)] if block is None else [(a, b) for a, b in ((since, block[0]), (block[1], until)) if a < b]
+
+    def add(rows: list[asyncpg.Record]) -> None:
+        for row in rows:
             key = "total" if row["is_total"] else row["channel"]
             if key in merged:  # rows with no channel recorded count only in the total
+                for k, v in row.items():
+                    if k not in ("channel", "is_total") and v is not None:
+                        merged[key][k] = merged[key].get(k, 0) + v
+
+    for sql in ADDITIVE_QUERIES:
+        for a, b in edges:
+            add(await conn.fetch(sql, a, b, channel))
+    if block is not None:
+        add(await conn.fetch(ROLLUP_SQL, block[0].date(), block[1].date(), channel))
+    for sql in COHORT_QUERIES:
+        for row in await conn.fetch(sql, since, until, channel):
+            key = "total" if row["is_total"] else row["channel"]
+            if key in merged:
                 merged[key].update({k: v for k, v in row.items() if k not in ("channel", "is_total")})
+    (a1, b1), (a2, b2) = (edges + [(since, since)] * 2)[:2]
+    if block is None:
+        for row in await conn.fetch(LATENCY_RANGE_SQL, a1, b1, channel, a2, b2, date.min, date.min):
+            key = "total" if row["is_total"] else row["channel"]
+            if key in merged:
+                merged[key].update({k: v for k, v in row.items() if k not in ("channel", "is_total")})
+    else:
+        for key, figures in (await _latency_from_rollup(conn, (a1, b1, a2, b2), block, channel)).items():
+            merged[key].update(figures)
     names = [channel, "total"] if channel else [*CHANNELS, "total"]
     return MetricsResult(since=since, until=until, channels=[_entry(name, merged[name]) for name in names],
                          agent=await figures(conn, since, until, channel))
+
+
+async def _latency_from_rollup(conn: asyncpg.Connection, edges: tuple[datetime, ...], block: tuple[datetime, datetime],
+                               channel: str | None) -> dict[str, dict[str, Any]]:
+    """Median and p90 of reply latency over the roll-up's samples plus the live edges, with numpy's
+    'linear' percentile: percentile_cont's own rule (value at rank p * (n - 1), interpolated), without
+    PostgreSQL unnesting and sorting a year of samples row by row."""
+    import numpy as np
+
+    samples: dict[str, list[Any]] = {c: [] for c in (*CHANNELS, "total")}
+    for r in await conn.fetch(
+            "SELECT channel, latency_ms FROM analytics_daily WHERE day >= $1 AND day < $2 AND ($3::text IS NULL OR channel IN ($3, 'all'))",
+            block[0].date(), block[1].date(), channel):
+        if r["channel"] != "all":
+            samples[r["channel"]].append(r["latency_ms"])
+        if r["channel"] == (channel or "all"):
+            samples["total"].append(r["latency_ms"])
+    live = await conn.fetch(
+        """SELECT channel, array_agg(value) AS v FROM agent_metrics
+           WHERE metric_type = 'response_latency' AND ($3::text IS NULL OR channel = $3)
+             AND ((recorded_at >= $1 AND recorded_at < $2) OR (recorded_at >= $4 AND recorded_at < $5))
+           GROUP BY channel""", edges[0], edges[1], channel, edges[2], edges[3])
+    for r in live:
+        if r["channel"] is not None:
+            samples[r["channel"]].append(r["v"])
+        samples["total"].append(r["v"])
+    out: dict[str, dict[str, Any]] = {}
+    for key, arrays in samples.items():
+        values = np.concatenate([np.asarray(a, dtype=np.float64) for a in arrays]) if arrays else np.empty(0)
+        if values.size:
+            median, p90 = np.percentile(values, [50, 90], method="linear")
+            out[key] = {"lat_n": int(values.size), "lat_median": float(median), "lat_p90": float(p90)}
+        else:
+            out[key] = {"lat_n": 0, "lat_median": None, "lat_p90": None}
+    return out
+
+
+async def _rollup_block(conn: asyncpg.Connection, since: datetime, until: datetime) -> tuple[datetime, datetime] | None:
+    """The rolled-up whole UTC days inside [since, until) and before today, when they are one
+    unbroken run (days before or after it are computed live with the edges; a gap: all live)."""
+    midnight = lambda t: datetime.combine(t.astimezone(timezone.utc).date(), time(0), tzinfo=timezone.utc)  # noqa: E731
+    first = midnight(since) if since == midnight(since) else midnight(since) + timedelta(days=1)
+    last = min(midnight(until), midnight(datetime.now(timezone.utc)))
+    if (last - first).days < 1:
+        return None
+    row = await conn.fetchrow(
+        "SELECT min(day) AS lo, max(day) AS hi, count(*) AS n FROM analytics_daily WHERE channel = 'all' AND day >= $1 AND day < $2",
+        first.date(), last.date())
+    if not row["n"] or row["n"] != (row["hi"] - row["lo"]).days + 1:
+        return None
+    lo = datetime.combine(row["lo"], time(0), tzinfo=timezone.utc)
+    return lo, lo + timedelta(days=row["n"])
 
 
 # record_feedback ------------------------------------------------------------------------------

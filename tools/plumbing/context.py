@@ -61,3 +61,15 @@ class Crm:
     async def tx(self) -> AsyncIterator[asyncpg.Connection]:
         async with self.pool.acquire() as conn, conn.transaction():
             yield conn
+
+
+@dataclass(frozen=True)
+class Caller:
+    actor: str  # token name, JWT subject, 'stdio' or 'no-auth'
+    role: str
+
+
+# Who is making the tool call in flight, set by the server's guard (tools cannot import it). Read by
+# tools whose policy depends on the caller (an agent's refund always waits for a person) and that
+# record who decided. Unset outside a server call (CLI jobs, in-process tests).
+CALLER: ContextVar[Caller | None] = ContextVar("crm_caller", default=None)

@@ -28,7 +28,18 @@ from crm_mcp.tools.engines.formatting import strip_control_chars
 
 log = logging.getLogger(__name__)
 
-TOOLSETS = ("customers", "conversations", "tickets", "knowledge", "metrics", "commerce")
+TOOLSETS = ("customers", "conversations", "tickets", "knowledge", "metrics", "commerce", "store", "store_sync")
+# Published only when named (CRM_TOOLSETS=all,store,store_sync): a shop's orders, actions and
+# preferences are for desks that sell (issue 18), and store_sync is plumbing for the Shopify bridge.
+OPT_IN_TOOLSETS = ("store", "store_sync")
+
+
+def wanted_toolsets(toolsets: str) -> set[str]:
+    """'all' (every toolset but the opt-in ones), optionally plus opt-in ones, or a list."""
+    parts = set(toolsets.split(","))
+    if "all" in parts:
+        return (set(TOOLSETS) - set(OPT_IN_TOOLSETS)) | (parts - {"all"})
+    return parts
 
 
 @dataclass(frozen=True)
