@@ -56,11 +56,21 @@ async def test_orders_actions_and_approval_by_role_over_http(db_dsn: str) -> Non
                              sender={"email": "ana.buyer@example.com"}, content="Where is my order #1001?")
             assert ing["customer"]["customer_id"] == cid
             conv = ing["conversation"]["conversation_id"]
+            other = await call(b, "upsert_order", **order(external_order_id="gid://shopify/Order/2002", order_number="#2002",
+                                                           email="someone.else@example.com", customer_name="Bo Other"))
 
         async with bearer_client(srv.url, agent) as a:
             names = await tool_names(a)
             assert {"find_orders", "request_action"} <= names
             assert not names & {"decide_action", "upsert_order", "list_actions", "set_customer_preferences"}
+            # the agent acts only within the conversation it claimed (server-side lease scope)
+            refused = await call_error(a, "find_orders", order_number="1001")
+            assert "holds no conversation lease" in refused
+            claimed = await call(a, "claim_inbound", lease_s=300)
+            assert claimed["work"]["conversation_id"] == conv
+            for args in ({"order_number": "#2002"}, {"customer_id": other["customer_id"]}):
+                refused = await call_error(a, "find_orders", **args)
+                assert "Permission denied" in refused and "Bo Other" not in refused and "someone.else" not in refused
             found = await call(a, "find_orders", order_number="1001")
             [o] = found["orders"]
             assert o["order_number"] == "#1001" and o["status"] == "fulfilled" and o["total"] == "120.00 EUR"
@@ -86,7 +96,7 @@ async def test_orders_actions_and_approval_by_role_over_http(db_dsn: str) -> Non
             assert "left to refund" in err
             err = await call_error(a, "request_action", order_number="#9999", action_type="refund", amount="5",
                                    reason="x", idempotency_key="k-refund-3")
-            assert "No order #9999" in err and "find_orders" in err
+            assert "Permission denied" in err  # to the agent, an unknown order and another customer's are refused alike
             denied = await a.call_tool("decide_action", {"action_id": r1["action"]["action_id"], "decision": "approve",
                                                          "note": "ok"})
             assert denied.is_error and "Allowed roles: admin, staff" in result_text(denied)

@@ -70,9 +70,9 @@ def test_every_agent_tool_declares_its_scope_and_undeclared_ones_are_refused() -
 
 
 async def test_an_undeclared_tool_is_refused_to_the_agent() -> None:
-    # Fail closed before any lookup: a tool another branch adds without its scope line.
-    text = await lease_scope.check(None, holder="token:x", tool="find_orders", writes=False, args=lambda: None)
-    assert text and text.startswith("Permission denied: find_orders declares no lease scope")
+    # Fail closed before any lookup: a tool added without its scope line.
+    text = await lease_scope.check(None, holder="token:x", tool="a_future_tool", writes=False, args=lambda: None)
+    assert text and text.startswith("Permission denied: a_future_tool declares no lease scope")
 
 
 async def test_an_agent_acts_only_on_the_customer_of_the_conversation_it_holds(db_dsn: str) -> None:
