@@ -199,6 +199,7 @@ BEGIN
                   AND o2.role IN ('agent', 'human')), '-infinity')) AS unanswered
       INTO r FROM messages m WHERE m.conversation_id = v_conv_id AND m.direction = 'inbound';
     v_unanswered := r.unanswered + 1;
+    PERFORM set_config('crm.wake_after_commit', 'on', true);  -- the caller notifies after commit
     INSERT INTO messages (conversation_id, customer_id, ticket_id, channel, direction, role, content, subject,
                           channel_message_id, thread_ref, sentiment, processing_latency_ms, metadata, created_at)
     VALUES (v_conv_id, v_customer, v_ticket.id, p_channel, 'inbound', 'customer', p_content, p_subject, p_cmid, p_thread_ref,
@@ -227,4 +228,24 @@ BEGIN
         'priority', v_ticket.priority, 'category', v_ticket.category, 'ticket_is_new', v_ticket_new,
         'reopened', v_reopened, 'unanswered', v_unanswered);
 END
+$$;
+
+-- The agent's wake-up, moved out of the intake transaction. A transaction that NOTIFYs takes a
+-- database-wide lock at commit and holds it through the WAL flush, so with the trigger of 0006
+-- every ingest committed one at a time: unrelated customers queued behind each other's fsync.
+-- crm_ingest marks its transaction, the trigger skips it, and tools/intake.py wakes listeners
+-- right after the commit with crm_wake_inbound(): a transaction of its own whose commit does
+-- not wait for the flush (it writes nothing but the notification; losing one in a crash only
+-- delays a waiting claim_inbound until its next poll). Every other writer of customer messages
+-- still notifies through the trigger.
+DROP TRIGGER messages_inbound_customer ON messages;
+CREATE TRIGGER messages_inbound_customer AFTER INSERT ON messages
+    FOR EACH ROW WHEN (NEW.direction = 'inbound' AND NEW.role = 'customer'
+                       AND current_setting('crm.wake_after_commit', true) IS DISTINCT FROM 'on')
+    EXECUTE FUNCTION crm_inbound_notify();
+
+CREATE FUNCTION crm_wake_inbound() RETURNS void
+LANGUAGE sql AS $$
+    SELECT set_config('synchronous_commit', 'off', true);
+    SELECT pg_notify('crm_inbound', '');
 $$;

@@ -24,6 +24,7 @@ Order of work (each step relies on the one before):
 from __future__ import annotations
 
 import json
+import logging
 import time
 from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any
@@ -39,6 +40,8 @@ from crm_mcp.tools.plumbing.registry import crm_tool
 from crm_mcp.tools.engines.formatting import untrusted, untrusted_field
 from crm_mcp.tools.engines.rules import EscalationCode, classify, escalation_reasons, score_sentiment
 from crm_mcp.tools.customers import LikelyDuplicate
+
+log = logging.getLogger(__name__)
 
 MAX_CONTENT = 50_000
 MAX_METADATA_BYTES = 16_384
@@ -200,6 +203,8 @@ async def ingest_message(crm: Crm, args: IngestInput) -> IngestResult:
             # One statement, its own transaction: the whole intake is crm_ingest (migration 0011).
             async with crm.pool.acquire() as conn:
                 out = await conn.fetchval(INGEST_SQL, *params, int((time.perf_counter() - started) * 1000))
+                if not out["duplicate"]:
+                    await _wake_agents(conn)
             break
         except (asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError):
             # A concurrent first contact or conversation start won the race; the retry sees it.
@@ -208,6 +213,16 @@ async def ingest_message(crm: Crm, args: IngestInput) -> IngestResult:
     if out["duplicate"]:
         return _duplicate(out)
     return _result(out, content, subject, sentiment, settings)
+
+
+async def _wake_agents(conn: asyncpg.Connection) -> None:
+    """Wake waiting agents (claim_inbound) now that the message is committed, in a transaction of
+    its own so the ingest's commit holds no database-wide NOTIFY lock. The message is stored
+    whatever happens here: a failed wake only delays a waiting agent to its next poll."""
+    try:
+        await conn.execute("SELECT crm_wake_inbound()")
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+        log.warning("ingest_message: stored, but waking agents failed (%s)", type(exc).__name__)
 
 
 INGEST_SQL = "SELECT crm_ingest(" + ", ".join(f"${i}" for i in range(1, 21)) + ")"
