@@ -9,8 +9,6 @@ itself safe to run twice, so a brief overlap while a half-dead leader notices is
 from __future__ import annotations
 
 import logging
-from typing import Any
-
 import anyio
 
 from crm_mcp.tools import tickets
@@ -47,16 +45,10 @@ async def _lead(crm: Crm, interval_s: float) -> None:
                 # Still ours? (a terminated backend ends the lock; the check fails loudly then)
                 await conn.fetchval("SELECT 1")
         finally:
-            # The pool's reset keeps session state (server/db.py), so give the lock back here.
-            with anyio.CancelScope(shield=True), anyio.move_on_after(2):
-                await _unlock(conn)
-
-
-async def _unlock(conn: Any) -> None:
-    try:
-        await conn.execute("SELECT pg_advisory_unlock($1)", LEADER_LOCK_KEY)
-    except Exception:  # a broken connection released it already
-        pass
+            # Give the lock up by dropping its connection: immediate, no round trip (a frozen
+            # backend cannot delay shutdown), and the pool never gets a connection back that
+            # still holds the lock (its reset keeps session state, server/db.py).
+            conn.terminate()
 
 
 async def _sweep(crm: Crm) -> None:
