@@ -3,7 +3,8 @@
 1. Bridges spread concurrent ingest_message load across both, every message delivered twice
    (once to each replica, as a webhook retry landing behind a load balancer would be): each
    channel message is stored exactly once, nothing is lost, one customer per sender.
-2. Background work runs in one replica only (the advisory-lock leader in server/background.py);
+2. Two offline agents (`crm-mcp agent`), one per replica, answer each conversation exactly once.
+3. Background work runs in one replica only (the advisory-lock leader in server/background.py);
    when the leader is killed the other takes over."""
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ import pytest
 
 from crm_mcp.server.background import LEADER_LOCK_KEY
 
+from .conftest import call
 from .http_server import _started, bearer_client, make_token, result_text
+from .test_agent import agent_log, agent_process
 
 SENDERS, PER_SENDER, BRIDGES_PER_REPLICA = 12, 6, 3
 pytestmark = pytest.mark.anyio
@@ -79,6 +82,50 @@ async def test_two_replicas_store_every_message_once_under_concurrent_duplicated
         assert set(await conn.fetch("SELECT DISTINCT message_count FROM conversations")) == {(PER_SENDER,)}
         assert await conn.fetchval("SELECT count(*) FROM agent_metrics WHERE metric_type = 'message_volume'") == total
         assert await conn.fetchval("SELECT count(DISTINCT ticket_number) FROM tickets") == SENDERS
+    finally:
+        await conn.close()
+
+
+async def test_two_agents_on_two_replicas_answer_each_conversation_once(db_dsn: str) -> None:
+    bridge_token = await make_token(db_dsn, "replica-agents-bridge", "bridge")
+    agent_token = await make_token(db_dsn, "replica-agents-agent", "agent")
+    admin_token = await make_token(db_dsn, "replica-agents-admin", "admin")
+    n = 8
+    # A refund dispute: the agents' rules escalate it with the holding reply, no knowledge base needed.
+    text = "You charged my card twice this month. I dispute this charge and I want my money back now."
+    with _started(db_dsn, (), {}) as a, _started(db_dsn, (), {}) as b:
+        with agent_process(a.url, agent_token, "--wait-s", "5") as ag1, agent_process(b.url, agent_token, "--wait-s", "5") as ag2:
+            convs: dict[int, str] = {}
+
+            async def deliver(i: int) -> None:
+                for srv in ((a, b) if i % 2 else (b, a)):  # each message to both replicas
+                    async with bearer_client(srv.url, bridge_token) as bridge:
+                        r = await call(bridge, "ingest_message", channel="web_form", channel_message_id=f"agents-{i}",
+                                       sender={"email": f"agents.replica{i}@example.com", "name": f"Agent Test {i}"}, content=text)
+                        convs[i] = r["conversation"]["conversation_id"]
+
+            with anyio.fail_after(120):
+                async with anyio.create_task_group() as tg:
+                    for i in range(n):
+                        tg.start_soon(deliver, i)
+                async with bearer_client(a.url, admin_token) as staff:
+                    async def replies() -> dict[int, int]:
+                        out = {}
+                        for i, cid in convs.items():
+                            conv = await call(staff, "get_conversation", conversation_id=cid, limit=100)
+                            out[i] = sum(m["role"] == "agent" for m in conv["messages"])
+                        return out
+
+                    while min((await replies()).values()) < 1:
+                        await anyio.sleep(0.2)
+                    await anyio.sleep(2)  # time for a second, wrong answer to show up
+                    assert set((await replies()).values()) == {1}
+        turns = [t for t in agent_log(ag1) + agent_log(ag2) if t["event"] == "agent_turn"]
+        assert len(turns) == n, turns
+    conn = await asyncpg.connect(db_dsn)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM messages WHERE direction = 'inbound'") == n
+        assert await conn.fetchval("SELECT count(*) FROM tickets WHERE status = 'escalated'") == n
     finally:
         await conn.close()
 
