@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -40,7 +41,7 @@ if __package__ in (None, ""):
 
 from bench import context_size, intake, tool_overhead  # noqa: E402
 from bench.common import (  # noqa: E402
-    REPO, RESULTS, create_db, drop_db, embedded_postgres, log, machine, print_table, seed_customers, write_json,
+    REPO, RESULTS, Row, create_db, drop_db, embedded_postgres, log, machine, print_table, seed_customers, write_json,
 )
 
 
@@ -99,6 +100,33 @@ async def core(args: argparse.Namespace, report: dict[str, Any]) -> list[Any]:
             context_size.print_comparison(compared, baseline)
             rows += context_size.summary_rows(compared, baseline)
             report["context_size"] = {**now, "baseline_commit": (baseline or {}).get("commit"), "rows": compared}
+    return rows
+
+
+def issue17_rows(report: dict[str, Any]) -> list[Row]:
+    """The four figures of issue 17, each beside the floor measured in this run. The machine is
+    shared: compare the ratios, and the load averages printed below."""
+    it, ov = report.get("intake"), report.get("tool_overhead")
+    rows: list[Row] = []
+    if it:
+        x = f"x{it['clients']}"
+        rt = it["sql_select1"]["p50_ms"]
+        for kind in ("new", "returning"):
+            rows.append(Row(f"ingest_message HTTP {x}, {kind}", it[f"http_{x}_{kind}"]["ops_per_s"], "/s",
+                            it[f"direct_{x}_{kind}"]["ops_per_s"], f"in-process {x}", "rate", 1000, ">="))
+        rows.append(Row("ingest_message stdio seq, new", it["stdio_seq_new"]["ops_per_s"], "/s",
+                        it["direct_seq_new"]["ops_per_s"], "in-process seq", "rate", 700, ">="))
+        if ov:
+            rows.append(Row("ingest_message stdio seq, new", it["stdio_seq_new"]["ops_per_s"], "/s",
+                            ov["stdio_floor_invalid_args"]["ops_per_s"], "SDK floor calls/s", "rate", 700, ">="))
+        for label, key in (("seq", "direct_seq_new"), (x, f"direct_{x}_new")):
+            rows.append(Row(f"ingest_message in-process {label}, new", it[key]["ops_per_s"], "/s",
+                            round(1000 / (it["statements_new"] * rt), 1), f"{it['statements_new']} x SELECT 1",
+                            "rate", 5000, ">="))
+    if ov:
+        f, fl = ov["stdio_find_customer"], ov["stdio_floor_invalid_args"]
+        rows.append(Row("find_customer stdio p50", f["p50_ms"], "ms", fl["p50_ms"], "SDK round trip p50", "latency",
+                        round(1.5 * fl["p50_ms"], 3)))
     return rows
 
 
@@ -176,12 +204,17 @@ def main() -> None:
         report["profile"] = run_module("bench.profile_stdio", [], timeout=900)
 
     if rows:
+        issue = issue17_rows(report)
+        if issue:
+            print_table(issue, "issue 17 (throughput): figure, measured, floor in this run, ratio, target")
+            report["issue17_rows"] = [r.as_dict() for r in issue]
         print_table(rows, "summary (x floor = value/floor for latencies, floor/value for rates: the cost in floors)")
     m = report.get("machine", {})
     print(f"\nmachine: {m.get('nproc')} CPUs ({m.get('cpu_model')}), Python {m.get('python')}, "
           f"PostgreSQL {m.get('postgresql')} (embedded; fsync={m.get('postgresql_settings', {}).get('fsync')}, "
           f"synchronous_commit={m.get('postgresql_settings', {}).get('synchronous_commit')}), "
-          f"mcp {m.get('packages', {}).get('mcp')}, load at start {m.get('loadavg_at_start')}")
+          f"mcp {m.get('packages', {}).get('mcp')}, load at start {m.get('loadavg_at_start')}, at end {os.getloadavg()}")
+    report["loadavg_at_end"] = os.getloadavg()
     report["rows"] = [r.as_dict() for r in rows]
     report["wall_s"] = round(time.perf_counter() - t0, 1)
     path = write_json(report, Path(args.json))

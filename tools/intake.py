@@ -1,4 +1,8 @@
-"""ingest_message: one inbound channel message in, in one transaction.
+"""ingest_message: one inbound channel message in, in one statement and one transaction.
+
+The database work is one call of the server-side function crm_ingest
+(migrations/0011_intake_function.sql): one round trip per message instead of 7-9 statements.
+Validation, sentiment, classification and the escalation rules stay here (pure CPU, no locks).
 
 Order of work (each step relies on the one before):
   1. dedup: a transaction-scoped advisory lock on (channel, channel_message_id), then a lookup;
@@ -20,8 +24,8 @@ Order of work (each step relies on the one before):
 from __future__ import annotations
 
 import json
+import logging
 import time
-import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any
 
@@ -33,10 +37,11 @@ from crm_mcp.tools.vocabulary import Channel, TicketCategory, TicketPriority, Ti
 from crm_mcp.tools.models import Out
 from crm_mcp.tools.plumbing.params import Email, Phone, Text
 from crm_mcp.tools.plumbing.registry import crm_tool
-from crm_mcp.tools.engines.formatting import untrusted_field
+from crm_mcp.tools.engines.formatting import untrusted, untrusted_field
 from crm_mcp.tools.engines.rules import EscalationCode, classify, escalation_reasons, score_sentiment
-from crm_mcp.tools.customers import LikelyDuplicate, likely_duplicates
-from crm_mcp.tools.tickets import insert_ticket
+from crm_mcp.tools.customers import LikelyDuplicate
+
+log = logging.getLogger(__name__)
 
 MAX_CONTENT = 50_000
 MAX_METADATA_BYTES = 16_384
@@ -178,50 +183,57 @@ async def ingest_message(crm: Crm, args: IngestInput) -> IngestResult:
     content = args.content
     subject = args.subject or None
     name = s.name or None
-    cmid = args.channel_message_id
     received = args.received_at or datetime.now(timezone.utc)
-    # Scoring is pure CPU; done before the transaction so locks are held briefly.
-    sentiment = score_sentiment(content)
     started = time.perf_counter()
+    # Pure CPU, done before the database call: sentiment, and the classification a new ticket
+    # would get (cheap rules; computed even when the message joins an existing ticket).
+    sentiment = score_sentiment(content)
+    cls = classify(content, subject, sentiment=sentiment)
+    settings = crm.settings
+    # The message key first, then the identities sorted: every caller takes them in this order.
+    lock_keys = [_lock_key("msg", args.channel, args.channel_message_id)] + [_lock_key("id", k, v) for k, v in sorted(wanted)]
+    params = (
+        lock_keys, args.channel, args.channel_message_id, [k for k, _ in wanted], [v for _, v in wanted], name,
+        content, subject, args.thread_ref, args.in_reply_to or [], received, received.isoformat(), sentiment,
+        args.metadata or {}, float(settings.conversation_window_hours), cls.category, cls.priority,
+        received + timedelta(hours=settings.sla_hours(cls.priority)), (subject or _subject_from(content))[:500],
+    )
     for attempt in range(4):
         try:
-            return await _ingest_once(crm, args, wanted, content, subject, name, cmid, received, sentiment, started)
+            # One statement, its own transaction: the whole intake is crm_ingest (migration 0011).
+            async with crm.pool.acquire() as conn:
+                out = await conn.fetchval(INGEST_SQL, *params, int((time.perf_counter() - started) * 1000))
+                if not out["duplicate"]:
+                    await _wake_agents(conn)
+            break
         except (asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError):
             # A concurrent first contact or conversation start won the race; the retry sees it.
             if attempt == 3:
                 raise
-    raise AssertionError("unreachable")
+    if out["duplicate"]:
+        return _duplicate(out)
+    return _result(out, content, subject, sentiment, settings)
 
 
-async def _lock_all(conn: asyncpg.Connection, keys: list[str]) -> None:
-    """Transaction-scoped advisory locks, taken in the given order, in one round trip."""
-    await conn.execute(
-        """SELECT count(pg_advisory_xact_lock(hashtextextended(k, 0)))
-           FROM (SELECT k FROM unnest($1::text[]) WITH ORDINALITY AS u(k, i) ORDER BY i) s""", keys)
+async def _wake_agents(conn: asyncpg.Connection) -> None:
+    """Wake waiting agents (claim_inbound) now that the message is committed, in a transaction of
+    its own so the ingest's commit holds no database-wide NOTIFY lock. The message is stored
+    whatever happens here: a failed wake only delays a waiting agent to its next poll."""
+    try:
+        await conn.execute("SELECT crm_wake_inbound()")
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+        log.warning("ingest_message: stored, but waking agents failed (%s)", type(exc).__name__)
 
 
-# Dedup check and identity lookup in one statement (run after the locks, so it sees every
-# committed message and identity of the same keys).
-LOOKUP_SQL = """
-SELECT 'dup' AS what, m.id AS message_id, m.sentiment, c.id AS customer_id, c.name, m.conversation_id,
-       t.ticket_number, t.status, t.priority, t.category, NULL AS kind, NULL AS value, NULL::uuid AS merged_into
-FROM messages m
-JOIN customers c ON c.id = m.customer_id
-LEFT JOIN tickets t ON t.id = m.ticket_id
-WHERE m.channel = $1 AND m.channel_message_id = $2
-UNION ALL
-SELECT 'id', NULL, NULL, i.customer_id, c.name, NULL, NULL, NULL, NULL, NULL, i.kind, i.value, c.merged_into
-FROM customer_identifiers i JOIN customers c ON c.id = i.customer_id
-WHERE i.value = ANY($3::text[])
-"""
+INGEST_SQL = "SELECT crm_ingest(" + ", ".join(f"${i}" for i in range(1, 21)) + ")"
 
 
-def _duplicate(row: asyncpg.Record) -> IngestResult:
+def _duplicate(row: dict[str, Any]) -> IngestResult:
     return IngestResult(
         duplicate=True,
-        message_id=str(row["message_id"]),
-        customer=IngestCustomer(customer_id=str(row["customer_id"]), name=untrusted_field(row["name"], source="customer.name"), is_new=False),
-        conversation=IngestConversation(conversation_id=str(row["conversation_id"]), is_new=False, channel_switched=False, previous_channel=None),
+        message_id=row["message_id"],
+        customer=IngestCustomer(customer_id=row["customer_id"], name=untrusted_field(row["name"], source="customer.name"), is_new=False),
+        conversation=IngestConversation(conversation_id=row["conversation_id"], is_new=False, channel_switched=False, previous_channel=None),
         ticket=IngestTicket(ticket_number=row["ticket_number"], status=row["status"], priority=row["priority"],
                             category=row["category"], is_new=False, reopened=False),
         sentiment=row["sentiment"] or 0.0,
@@ -232,187 +244,44 @@ def _duplicate(row: asyncpg.Record) -> IngestResult:
     )
 
 
-# Step 5 and 6 in one statement: the message, the conversation and customer roll-ups, the
-# sentiment history and the metrics; returns the message id and the unanswered-question count.
-RECORD_SQL = """
-WITH msg AS (
-    INSERT INTO messages (conversation_id, customer_id, ticket_id, channel, direction, role, content, subject,
-                          channel_message_id, thread_ref, sentiment, processing_latency_ms, metadata, created_at)
-    VALUES ($1, $2, $3, $4, 'inbound', 'customer', $5, $6, $7, $8, $9, $10, $11, $12)
-    RETURNING id
-), prior AS (
-    SELECT coalesce(sum(sentiment), 0) AS s, count(sentiment) AS n,
-           count(*) FILTER (WHERE direction = 'inbound' AND created_at > coalesce(
-               (SELECT max(created_at) FROM messages WHERE conversation_id = $1 AND direction = 'outbound'
-                  AND role IN ('agent', 'human')), '-infinity')) AS unanswered
-    FROM messages WHERE conversation_id = $1 AND direction = 'inbound'
-), conv AS (
-    UPDATE conversations SET message_count = message_count + 1,
-           sentiment = ((SELECT s FROM prior) + $9) / ((SELECT n FROM prior) + 1),
-           last_activity_at = greatest(last_activity_at, $12), thread_ref = coalesce(thread_ref, $8)
-    WHERE id = $1
-), hist AS (
-    INSERT INTO customer_sentiment (customer_id, message_id, channel, score, recorded_at)
-    SELECT $2, id, $4, $9, $12 FROM msg
-), cust AS (
-    UPDATE customers SET total_interactions = total_interactions + 1,
-           sentiment_avg = ((coalesce(sentiment_avg, 0) * total_interactions) + $9) / (total_interactions + 1),
-           last_contact_at = greatest(coalesce(last_contact_at, $12), $12),
-           first_contact_at = least(coalesce(first_contact_at, $12), $12),
-           name = coalesce(name, $13)
-    WHERE id = $2
-), metrics AS (
-    INSERT INTO agent_metrics (metric_type, channel, value, message_id)
-    SELECT 'message_volume', $4, 1, id FROM msg UNION ALL SELECT 'sentiment', $4, $9, id FROM msg
-)
-SELECT (SELECT id FROM msg) AS message_id, (SELECT unanswered FROM prior) + 1 AS unanswered
-"""
-
-
-async def _ingest_once(
-    crm: Crm, args: IngestInput, wanted: list[tuple[str, str]], content: str, subject: str | None, name: str | None,
-    cmid: str, received: datetime, sentiment: float, started: float,
-) -> IngestResult:
-    channel = args.channel
-    settings = crm.settings
-    async with crm.tx() as conn:
-        # 1. dedup, and 2. identity: the message key first, then the identities in sorted order
-        # (every caller takes them in this order, so no deadlock); then one lookup for both.
-        await _lock_all(conn, [_lock_key("msg", channel, cmid)] + [_lock_key("id", k, v) for k, v in sorted(wanted)])
-        rows = await conn.fetch(LOOKUP_SQL, channel, cmid, [v for _, v in wanted])
-        for r in rows:
-            if r["what"] == "dup":
-                return _duplicate(r)
-        owner = {(r["kind"], r["value"]): (r["merged_into"] or r["customer_id"]) for r in rows}
-        names = {r["customer_id"]: r["name"] for r in rows}
-        order = [(k, v) for k, v in wanted if k == channel] + [(k, v) for k, v in wanted if k == "email" and k != channel] + \
-                [(k, v) for k, v in wanted if k in ("phone", "whatsapp") and k != channel]
-        customer_id: uuid.UUID | None = None
-        for k, v in order:
-            cid = owner.get((k, v))
-            if cid is None and k in ("phone", "whatsapp"):
-                # the same number registered under the other kind is the same person
-                cid = owner.get(("whatsapp" if k == "phone" else "phone", v))
-            if cid is not None:
-                customer_id = cid
-                break
-        is_new_customer = customer_id is None
-        if customer_id is None:
-            customer_id = await conn.fetchval(
-                "INSERT INTO customers (name, first_contact_at) VALUES ($1, $2) RETURNING id", name, received)
-        # A known person writing from a new channel becomes a new record: say who it may be.
-        duplicates = await likely_duplicates(conn, [customer_id]) if is_new_customer and name else []
-        conflicts: list[str] = []
-        new_ids: list[tuple[str, str, bool]] = []
-        for k, v in wanted:
-            o = owner.get((k, v))
-            if o is not None and o != customer_id:
-                conflicts.append(f"{k}:{v}")
-            elif o is None:
-                # The channel itself vouches for the address it delivered from.
-                new_ids.append((k, v, (k == "email" and channel == "email") or (k == "whatsapp" and channel == "whatsapp")))
-        if new_ids:
-            await conn.execute(
-                """INSERT INTO customer_identifiers (customer_id, kind, value, verified, source_channel)
-                   SELECT $1, k, v, ver, $5 FROM unnest($2::text[], $3::text[], $4::bool[]) AS u(k, v, ver)""",
-                customer_id, [k for k, _, _ in new_ids], [v for _, v, _ in new_ids], [b for _, _, b in new_ids], channel)
-
-        # 3. conversation
-        window = timedelta(hours=settings.conversation_window_hours)
-        conv = None
-        if not is_new_customer:
-            # A threaded reply (the thread id, or a message id it quotes) keeps its conversation past the window.
-            conv = await conn.fetchrow(
-                """SELECT v.id, v.current_channel, v.last_activity_at,
-                          EXISTS (SELECT 1 FROM tickets t WHERE t.conversation_id = v.id
-                                  AND t.status IN ('open', 'in_progress', 'waiting', 'escalated')) AS has_open_ticket,
-                          (v.thread_ref IS NOT NULL AND v.thread_ref = $2)
-                          OR EXISTS (SELECT 1 FROM messages m WHERE m.channel = $3 AND m.channel_message_id = ANY($4::text[])
-                                     AND m.conversation_id = v.id) AS threaded
-                   FROM conversations v WHERE customer_id = $1 AND status <> 'closed' FOR UPDATE""",
-                customer_id, args.thread_ref, channel, args.in_reply_to or [])
-        switched = False
-        previous_channel = None
-        conv_is_new = False
-        if conv is not None and not (conv["last_activity_at"] >= received - window or conv["has_open_ticket"] or conv["threaded"]):
-            await conn.execute(
-                "UPDATE conversations SET status = 'closed', ended_at = now(), resolution_type = coalesce(resolution_type, 'resolved') WHERE id = $1",
-                conv["id"])
-            conv = None
-        if conv is None:
-            conv_id = await conn.fetchval(
-                """WITH v AS (
-                       INSERT INTO conversations (customer_id, initial_channel, current_channel, thread_ref, started_at, last_activity_at)
-                       VALUES ($1, $2, $2, $3, $4, $4) RETURNING id
-                   ), m AS (
-                       INSERT INTO agent_metrics (metric_type, channel, value) VALUES ('conversation_count', $2, 1)
-                   )
-                   SELECT id FROM v""", customer_id, channel, args.thread_ref, received)
-            conv_is_new = True
-        else:
-            conv_id = conv["id"]
-            if conv["current_channel"] != channel:
-                switched = True
-                previous_channel = conv["current_channel"]
-                switch = {"from": previous_channel, "to": channel, "at": received.isoformat()}
-                await conn.execute(
-                    "UPDATE conversations SET current_channel = $2, channel_switches = channel_switches || $3::jsonb WHERE id = $1",
-                    conv_id, channel, [switch])
-
-        # 4. ticket before response
-        ticket = None
-        if not conv_is_new:
-            ticket = await conn.fetchrow(
-                "SELECT * FROM tickets WHERE conversation_id = $1 ORDER BY created_at DESC LIMIT 1 FOR UPDATE", conv_id)
-        ticket_is_new = reopened = False
-        if ticket is not None and ticket["status"] in ("waiting", "resolved"):
-            reopened = ticket["status"] == "resolved"
-            new_status, note = ("open", "reopened by customer reply") if reopened else ("in_progress", "customer replied")
-            ticket = await conn.fetchrow(
-                """WITH t AS (UPDATE tickets SET status = $2, resolved_at = CASE WHEN $2 = 'open' THEN NULL ELSE resolved_at END
-                              WHERE id = $1 RETURNING *),
-                        e AS (INSERT INTO ticket_events (ticket_id, kind, from_value, to_value, note, actor)
-                              VALUES ($1, 'status', $3, $2, $4, 'ingest_message'))
-                   SELECT * FROM t""", ticket["id"], new_status, ticket["status"], note)
-        elif ticket is None or ticket["status"] == "closed":
-            cls = classify(content, subject, sentiment=sentiment)
-            ticket = await insert_ticket(
-                conn, crm, customer_id=customer_id, conversation_id=conv_id,
-                subject=subject or _subject_from(content), category=cls.category, priority=cls.priority,
-                channel=channel, created_at=received, actor="ingest_message")
-            ticket_is_new = True
-
-        # 5 and 6. the message, sentiment folded in, counts and metrics (a duplicate returned above)
-        latency_ms = int((time.perf_counter() - started) * 1000)
-        rec = await conn.fetchrow(
-            RECORD_SQL, conv_id, customer_id, ticket["id"], channel, content, subject, cmid, args.thread_ref, sentiment,
-            latency_ms, args.metadata or {}, received, name)
-        message_id, unanswered = rec["message_id"], rec["unanswered"]
+def _result(out: dict[str, Any], content: str, subject: str | None, sentiment: float, settings: Any) -> IngestResult:
+    number = out["ticket_number"]
     reasons = escalation_reasons(
-        content if not subject else f"{subject}\n{content}", sentiment=sentiment, unanswered_inbound=unanswered,
+        content if not subject else f"{subject}\n{content}", sentiment=sentiment, unanswered_inbound=out["unanswered"],
         threshold=settings.escalation_sentiment_threshold, repeat_limit=settings.repeat_question_limit)
-    already = ticket["status"] == "escalated"
+    already = out["status"] == "escalated"
     suggested = bool(reasons) and not already
     if already:
-        next_step = f"Ticket {ticket['ticket_number']} is already with human support; acknowledge briefly with send_response or wait."
+        next_step = f"Ticket {number} is already with human support; acknowledge briefly with send_response or wait."
     elif suggested:
-        next_step = f"Escalation suggested: call escalate_to_human for {ticket['ticket_number']}, then tell the customer with send_response."
+        next_step = f"Escalation suggested: call escalate_to_human for {number}, then tell the customer with send_response."
     else:
-        next_step = f"Search the knowledge base (search_knowledge_base), then answer with send_response on {ticket['ticket_number']}."
+        next_step = f"Search the knowledge base (search_knowledge_base), then answer with send_response on {number}."
+    duplicates = [
+        LikelyDuplicate(
+            customer_id=d["customer_id"], duplicate_of=d["duplicate_of"],
+            name=untrusted(d["name"], source="customer") if d["name"] else None,
+            company=untrusted(d["company"], source="customer") if d["company"] else None,
+            last_contact_at=d["last_contact_at"],
+            why=["same name"] + (["same company"] if d["same_company"] else []),
+        )
+        for d in out["likely_duplicates"]
+    ]
     if duplicates:
         next_step += " This new customer shares a name with an existing record (likely_duplicates): if they are one person, merge_customers."
     return IngestResult(
         duplicate=False,
-        message_id=str(message_id),
-        customer=IngestCustomer(customer_id=str(customer_id), name=untrusted_field(names.get(customer_id) or name, source="customer.name"),
-                                is_new=is_new_customer),
-        conversation=IngestConversation(conversation_id=str(conv_id), is_new=conv_is_new, channel_switched=switched, previous_channel=previous_channel),
-        ticket=IngestTicket(ticket_number=ticket["ticket_number"], status=ticket["status"], priority=ticket["priority"],
-                            category=ticket["category"], is_new=ticket_is_new, reopened=reopened),
+        message_id=out["message_id"],
+        customer=IngestCustomer(customer_id=out["customer_id"], name=untrusted_field(out["name"], source="customer.name"),
+                                is_new=out["customer_is_new"]),
+        conversation=IngestConversation(conversation_id=out["conversation_id"], is_new=out["conversation_is_new"],
+                                        channel_switched=out["channel_switched"], previous_channel=out["previous_channel"]),
+        ticket=IngestTicket(ticket_number=number, status=out["status"], priority=out["priority"],
+                            category=out["category"], is_new=out["ticket_is_new"], reopened=out["reopened"]),
         sentiment=sentiment,
         escalation_suggested=suggested,
         escalation_reasons=[Escalation(code=r.code, detail=r.detail) for r in reasons],
-        identity_conflicts=conflicts,
+        identity_conflicts=out["identity_conflicts"],
         likely_duplicates=duplicates,
         next_step=next_step,
     )
