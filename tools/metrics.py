@@ -47,7 +47,8 @@ from crm_mcp.tools.models import Out
 from crm_mcp.tools.plumbing.params import MessageId, Text, TicketNumber
 from crm_mcp.tools.plumbing.registry import crm_tool
 from crm_mcp.tools.tickets import fetch_ticket
-from crm_mcp.tools.agent_turns import AgentFigures, figures
+from crm_mcp.tools.agent_turns import AgentFigures
+from crm_mcp.tools.agent_turns import figures as agent_figures
 
 WINDOWS: dict[str, timedelta] = {
     "1h": timedelta(hours=1),
@@ -345,11 +346,11 @@ async def compute(conn: asyncpg.Connection, since: datetime, until: datetime, ch
             if key in merged:
                 merged[key].update({k: v for k, v in row.items() if k not in ("channel", "is_total")})
     else:
-        for key, figures in (await _latency_from_rollup(conn, (a1, b1, a2, b2), block, channel)).items():
-            merged[key].update(figures)
+        for key, latency in (await _latency_from_rollup(conn, (a1, b1, a2, b2), block, channel)).items():
+            merged[key].update(latency)
     names = [channel, "total"] if channel else [*CHANNELS, "total"]
     return MetricsResult(since=since, until=until, channels=[_entry(name, merged[name]) for name in names],
-                         agent=await figures(conn, since, until, channel))
+                         agent=await agent_figures(conn, since, until, channel))
 
 
 async def _latency_from_rollup(conn: asyncpg.Connection, edges: tuple[datetime, ...], block: tuple[datetime, datetime],
