@@ -198,13 +198,13 @@ class ImapDriver:
 
 def mail(*, sender: str = "Ana Lima <ana@example.org>", subject: str = "CSV export fails", body: str = "Every CSV export stops at 99%.",
          message_id: str | None = None, in_reply_to: str | None = None, references: str | None = None,
-         headers: dict[str, str] | None = None, html: str | None = None) -> bytes:
+         headers: dict[str, str] | None = None, html: str | None = None, date: str = "Mon, 30 Nov 2026 04:00:00 +0000") -> bytes:
     m = EmailMessage()
     if sender:
         m["From"] = sender
     m["To"] = SUPPORT
     m["Subject"] = subject
-    m["Date"] = "Mon, 30 Nov 2026 04:00:00 +0000"
+    m["Date"] = date
     m["Message-ID"] = message_id or f"<{os.urandom(6).hex()}@example.org>"
     if in_reply_to:
         m["In-Reply-To"] = in_reply_to

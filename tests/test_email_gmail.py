@@ -46,7 +46,9 @@ async def test_gmail_push_reply_in_thread_and_expired_history_resync(db_dsn: str
 
             # a push wakes the catch-up at once (the fallback poll is 10 minutes away)
             assert push(base, 1, token="wrong-token").status_code == 403
-            second = gmail.deliver(mail(message_id="<g-second@example.org>", subject="other", body="Also the invoice."),
+            # (five minutes later: the reply answers the latest message, and a tie in time would leave that open)
+            second = gmail.deliver(mail(message_id="<g-second@example.org>", subject="other", body="Also the invoice.",
+                                        date="Mon, 30 Nov 2026 04:05:00 +0000"),
                                    thread_id="thread-A")
             arrived = time.monotonic()
             assert push(base, gmail.history_id).status_code == 204
@@ -72,7 +74,8 @@ async def test_gmail_push_reply_in_thread_and_expired_history_resync(db_dsn: str
             assert len(await fetch(db_dsn, INBOUND)) == 2
 
         # while the bridge is down the stored history id expires: the restart resyncs recent mail
-        third = gmail.deliver(mail(message_id="<g-third@example.org>", subject="third", body="Any news?"), thread_id="thread-A")
+        third = gmail.deliver(mail(message_id="<g-third@example.org>", subject="third", body="Any news?",
+                                  date="Mon, 30 Nov 2026 04:10:00 +0000"), thread_id="thread-A")
         gmail.expire_history()
         with email_bridge(url, db_dsn, tmp_path, env) as base:
             rows = await wait_rows(db_dsn, INBOUND, count=3, what="the mail found by the full resync")

@@ -114,7 +114,7 @@ class ChannelMetrics(Out):
     tickets_opened: int
     tickets_resolved: int = Field(description="Tickets resolved in the period (once each).")
     tickets_escalated_in_period: int = Field(
-        description="Tickets escalated during the period, whenever opened (once each).")
+        description="Tickets escalated during the period, whenever they were opened (once each).")
     opened_tickets_escalation_rate: Rate = Field(
         description="Share of the tickets opened in the period escalated by its end.")
     avg_sentiment: float | None = Field(description="Mean sentiment of inbound messages, -1..1.")
