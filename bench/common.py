@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import anyio
 import asyncpg
 import numpy as np
 
@@ -212,6 +213,37 @@ def http_server(dsn: str, port: int | None = None) -> Iterator[tuple[str, int]]:
             proc.stderr.close()
 
 
+@contextmanager
+def bridge_process(dsn: str, url: str, kind: str, *, name: str, port: int | None = None, stop_s: float = 15,
+                   **env: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """`crm-mcp bridge <kind> --server URL` on a loopback port (a free one unless given), once its
+    /healthz answers; yields (process, base URL). `name` says which bridge did not start; env is
+    added to the server's."""
+    import httpx
+
+    port = port or free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "crm_mcp.server.cli", "bridge", kind, "--port", str(port), "--server", url],
+        env=server_env(dsn, **env), cwd=str(REPO), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the {name} bridge did not start")
+            time.sleep(0.2)
+        yield proc, base
+    finally:
+        proc.terminate()
+        proc.wait(stop_s)
+
+
 # --- CPU accounting: who burns the time (client / server / postgres) ------------------------
 
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -303,6 +335,22 @@ async def timed_loop(fn: Any, n: int, warmup: int = 0) -> dict[str, float]:
         await fn(i)
         lat.append(pc() - s)
     return summarize(lat, pc() - t0)
+
+
+async def spread(fn: Any, n: int, workers: int) -> dict[str, float]:
+    """n calls of `await fn(worker, i)` over `workers` loops; only what fn reports as timed is counted."""
+    lat: list[float] = []
+    per = [n // workers + (1 if w < n % workers else 0) for w in range(workers)]
+
+    async def loop(w: int) -> None:
+        for i in range(per[w]):
+            lat.append(await fn(w, i))
+
+    t0 = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        for w in range(workers):
+            tg.start_soon(loop, w)
+    return summarize(lat, time.perf_counter() - t0)
 
 
 # --- machine, table, JSON ------------------------------------------------------------------

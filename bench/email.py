@@ -11,7 +11,6 @@ a mail's latency is from its APPEND returning to its row's created_at in the CRM
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,8 +23,8 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (  # noqa: E402
-    REPO, SAMPLE_TEXTS, Row, create_db, drop_db, embedded_postgres, free_port, http_server, log, machine, pg_version,
-    print_table, server_env, summarize, write_json,
+    REPO, SAMPLE_TEXTS, Row, bridge_process, create_db, drop_db, embedded_postgres, http_server, log, machine,
+    pg_version, print_table, summarize, write_json,
 )
 
 
@@ -41,25 +40,10 @@ def raw_mail(i: int) -> bytes:
     return m.as_bytes()
 
 
-def start_bridge(dsn: str, url: str, imap_port: int, smtp_port: int) -> subprocess.Popen:
-    import httpx
-
-    port = free_port()
-    env = server_env(dsn, CRM_SUPPORT_ADDRESS="support@example.com", CRM_IMAP_HOST="127.0.0.1", CRM_IMAP_PORT=str(imap_port),
-                     CRM_IMAP_USER="support@example.com", CRM_IMAP_PASSWORD="imap-test-secret", CRM_SMTP_HOST="127.0.0.1",
-                     CRM_SMTP_PORT=str(smtp_port), CRM_LOG_LEVEL="WARNING")
-    proc = subprocess.Popen([sys.executable, "-m", "crm_mcp.server.cli", "bridge", "email", "--server", url, "--port", str(port)],
-                            env=env, cwd=str(REPO), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError("the email bridge did not start")
-        time.sleep(0.2)
+def mailbox_env(imap_port: int, smtp_port: int) -> dict[str, str]:
+    return {"CRM_SUPPORT_ADDRESS": "support@example.com", "CRM_IMAP_HOST": "127.0.0.1", "CRM_IMAP_PORT": str(imap_port),
+            "CRM_IMAP_USER": "support@example.com", "CRM_IMAP_PASSWORD": "imap-test-secret", "CRM_SMTP_HOST": "127.0.0.1",
+            "CRM_SMTP_PORT": str(smtp_port), "CRM_LOG_LEVEL": "WARNING"}
 
 
 async def run(admin_dsn: str, n: int) -> dict[str, Any]:
@@ -88,8 +72,7 @@ async def run(admin_dsn: str, n: int) -> dict[str, Any]:
                 lat = [await ingest(i) for i in range(n)]
                 results["ingest_floor"] = summarize(lat, time.perf_counter() - t0)
 
-            proc = start_bridge(dsn, url, dv.port, sink.port)
-            try:
+            with bridge_process(dsn, url, "email", name="email", stop_s=20, **mailbox_env(dv.port, sink.port)):
                 imap = dv.imap()
                 session = await imap._session()
                 appended: dict[str, float] = {}
@@ -116,9 +99,6 @@ async def run(admin_dsn: str, n: int) -> dict[str, Any]:
                 lat = [r["at"] - appended[r["channel_message_id"]] for r in rows]
                 results["email"] = summarize(lat, last - t0)
                 results["append_s"] = round(max(appended.values()) - t0, 3)
-            finally:
-                proc.terminate()
-                proc.wait(20)
     finally:
         await drop_db(admin_dsn, dsn)
     return results

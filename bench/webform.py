@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,48 +25,11 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (  # noqa: E402
-    REPO, SAMPLE_TEXTS, Row, create_db, drop_db, embedded_postgres, free_port, http_server, log, machine, pg_version,
-    print_table, server_env, summarize, write_json,
+    REPO, SAMPLE_TEXTS, Row, bridge_process, create_db, drop_db, embedded_postgres, http_server, log, machine,
+    pg_version, print_table, spread, write_json,
 )
 
 TOKEN = re.compile(r'name="form_token" value="([^"]+)"')
-
-
-async def spread(fn: Any, n: int, workers: int) -> dict[str, float]:
-    """n calls of `await fn(worker, i)` over `workers` loops; only what fn reports as timed is counted."""
-    lat: list[float] = []
-    per = [n // workers + (1 if w < n % workers else 0) for w in range(workers)]
-
-    async def loop(w: int) -> None:
-        for i in range(per[w]):
-            lat.append(await fn(w, i))
-
-    t0 = time.perf_counter()
-    async with anyio.create_task_group() as tg:
-        for w in range(workers):
-            tg.start_soon(loop, w)
-    return summarize(lat, time.perf_counter() - t0)
-
-
-def start_webform(dsn: str, url: str) -> tuple[subprocess.Popen, str]:
-    import httpx
-
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "crm_mcp.server.cli", "bridge", "webform", "--port", str(port), "--server", url],
-        env=server_env(dsn, CRM_WEBFORM_SECRET="bench-secret", CRM_WEBFORM_RATE_LIMIT="1000000/1"),
-        cwd=str(REPO), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                return proc, base
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError("the web form bridge did not start")
-        time.sleep(0.2)
 
 
 def message(kind: str, w: int, i: int) -> dict[str, str]:
@@ -82,45 +44,42 @@ async def run(admin_dsn: str, n: int, clients: int) -> dict[str, Any]:
     results: dict[str, Any] = {}
     dsn = await create_db(admin_dsn)
     try:
-        with http_server(dsn) as (url, _pid):
-            proc, base = start_webform(dsn, url)
+        with http_server(dsn) as (url, _pid), bridge_process(
+                dsn, url, "webform", name="web form", CRM_WEBFORM_SECRET="bench-secret",
+                CRM_WEBFORM_RATE_LIMIT="1000000/1") as (_proc, base):
+            # floor: ingest_message over the same MCP transport, `clients` MCP clients
+            async with Client(url) as c0:  # one connection, as the bridge holds one
+
+                async def ingest(w: int, i: int) -> float:
+                    m = message("floor", w, i)
+                    s = time.perf_counter()
+                    res = await c0.call_tool("ingest_message", {
+                        "channel": "web_form", "channel_message_id": f"bench-floor-{w}-{i}",
+                        "sender": {"email": m["email"], "name": m["name"]}, "subject": m["subject"], "content": m["message"]})
+                    assert not res.is_error, res
+                    return time.perf_counter() - s
+
+                await spread(ingest, clients * 2, clients)  # warm-up
+                log(f"floor: {n} x ingest_message over HTTP, {clients} concurrent")
+                results["ingest_floor"] = await spread(ingest, n, clients)
+
+            browsers = [httpx.AsyncClient(timeout=60) for _ in range(clients)]
             try:
-                # floor: ingest_message over the same MCP transport, `clients` MCP clients
-                async with Client(url) as c0:  # one connection, as the bridge holds one
+                async def submit(w: int, i: int) -> float:
+                    b = browsers[w]
+                    token = TOKEN.search((await b.get(f"{base}/")).text).group(1)
+                    s = time.perf_counter()
+                    r = await b.post(f"{base}/", data={"form_token": token, **message("form", w, i)})
+                    took = time.perf_counter() - s
+                    assert r.status_code == 200 and "TKT-" in r.text, r.status_code
+                    return took
 
-                    async def ingest(w: int, i: int) -> float:
-                        m = message("floor", w, i)
-                        s = time.perf_counter()
-                        res = await c0.call_tool("ingest_message", {
-                            "channel": "web_form", "channel_message_id": f"bench-floor-{w}-{i}",
-                            "sender": {"email": m["email"], "name": m["name"]}, "subject": m["subject"], "content": m["message"]})
-                        assert not res.is_error, res
-                        return time.perf_counter() - s
-
-                    await spread(ingest, clients * 2, clients)  # warm-up
-                    log(f"floor: {n} x ingest_message over HTTP, {clients} concurrent")
-                    results["ingest_floor"] = await spread(ingest, n, clients)
-
-                browsers = [httpx.AsyncClient(timeout=60) for _ in range(clients)]
-                try:
-                    async def submit(w: int, i: int) -> float:
-                        b = browsers[w]
-                        token = TOKEN.search((await b.get(f"{base}/")).text).group(1)
-                        s = time.perf_counter()
-                        r = await b.post(f"{base}/", data={"form_token": token, **message("form", w, i)})
-                        took = time.perf_counter() - s
-                        assert r.status_code == 200 and "TKT-" in r.text, r.status_code
-                        return took
-
-                    await spread(submit, clients * 2, clients)
-                    log(f"web form: {n} submissions, {clients} concurrent browsers")
-                    results["form"] = await spread(submit, n, clients)
-                finally:
-                    for b in browsers:
-                        await b.aclose()
+                await spread(submit, clients * 2, clients)
+                log(f"web form: {n} submissions, {clients} concurrent browsers")
+                results["form"] = await spread(submit, n, clients)
             finally:
-                proc.terminate()
-                proc.wait(15)
+                for b in browsers:
+                    await b.aclose()
     finally:
         await drop_db(admin_dsn, dsn)
     return results

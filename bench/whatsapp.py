@@ -16,7 +16,6 @@ import argparse
 import hashlib
 import hmac
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,37 +27,15 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (  # noqa: E402
-    REPO, SAMPLE_TEXTS, Row, create_db, drop_db, embedded_postgres, free_port, http_server, log, machine, pg_version,
-    print_table, server_env, write_json,
+    REPO, SAMPLE_TEXTS, Row, bridge_process, create_db, drop_db, embedded_postgres, free_port, http_server, log, machine,
+    pg_version, print_table, spread, write_json,
 )
-from bench.webform import spread  # noqa: E402
 
 TWILIO = {"TWILIO_ACCOUNT_SID": "AC" + "0" * 32, "TWILIO_AUTH_TOKEN": "bench-twilio-token", "TWILIO_WHATSAPP_NUMBER": "+14155238886"}
 META = {"META_APP_SECRET": "bench-meta-secret", "META_VERIFY_TOKEN": "bench-verify", "META_ACCESS_TOKEN": "bench-access",
         "META_PHONE_NUMBER_ID": "1065403522"}
 # Replies are not part of this benchmark: the send APIs point at a closed port.
 UNUSED = "http://127.0.0.1:9"
-
-
-def start_bridge(dsn: str, url: str) -> tuple[subprocess.Popen, str]:
-    import httpx
-
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "crm_mcp.server.cli", "bridge", "whatsapp", "--port", str(port), "--server", url],
-        env=server_env(dsn, CRM_PUBLIC_URL=base, TWILIO_API_BASE=UNUSED, META_GRAPH_BASE=UNUSED, **TWILIO, **META),
-        cwd=str(REPO), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                return proc, base
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError("the WhatsApp bridge did not start")
-        time.sleep(0.2)
 
 
 def number(w: int, i: int) -> str:
@@ -96,56 +73,54 @@ async def run(admin_dsn: str, n: int, clients: int) -> dict[str, Any]:
     results: dict[str, Any] = {}
     dsn = await create_db(admin_dsn)
     try:
-        with http_server(dsn) as (url, _pid):
-            proc, base = start_bridge(dsn, url)
+        port = free_port()  # the bridge's public URL names it (Twilio signs the URL it posts to)
+        with http_server(dsn) as (url, _pid), bridge_process(
+                dsn, url, "whatsapp", name="WhatsApp", port=port, CRM_PUBLIC_URL=f"http://127.0.0.1:{port}",
+                TWILIO_API_BASE=UNUSED, META_GRAPH_BASE=UNUSED, **TWILIO, **META) as (_proc, base):
+            async with Client(url) as c0:  # one connection, as the bridge holds one
+
+                async def ingest(w: int, i: int) -> float:
+                    s = time.perf_counter()
+                    res = await c0.call_tool("ingest_message", {
+                        "channel": "whatsapp", "channel_message_id": f"bench-floor-{w}-{i}",
+                        "sender": {"whatsapp": number(w, i), "name": f"Bench {w}-{i}"}, "content": text(w, i),
+                        "metadata": {"provider": "meta", "type": "text"}})
+                    assert not res.is_error, res
+                    return time.perf_counter() - s
+
+                await spread(ingest, clients * 2, clients)  # warm-up
+                log(f"floor: {n} x ingest_message over HTTP, {clients} concurrent")
+                results["ingest_floor"] = await spread(ingest, n, clients)
+
+            providers = [httpx.AsyncClient(timeout=60) for _ in range(clients)]
             try:
-                async with Client(url) as c0:  # one connection, as the bridge holds one
+                async def meta_hook(w: int, i: int, kind: str = "m") -> float:
+                    body, headers = meta_request(kind, w, i)
+                    s = time.perf_counter()
+                    r = await providers[w].post(f"{base}/meta", content=body, headers=headers)
+                    took = time.perf_counter() - s
+                    assert r.status_code == 200, r.status_code
+                    return took
 
-                    async def ingest(w: int, i: int) -> float:
-                        s = time.perf_counter()
-                        res = await c0.call_tool("ingest_message", {
-                            "channel": "whatsapp", "channel_message_id": f"bench-floor-{w}-{i}",
-                            "sender": {"whatsapp": number(w, i), "name": f"Bench {w}-{i}"}, "content": text(w, i),
-                            "metadata": {"provider": "meta", "type": "text"}})
-                        assert not res.is_error, res
-                        return time.perf_counter() - s
+                async def twilio_hook(w: int, i: int, kind: str = "t") -> float:
+                    form, headers = twilio_request(base, kind, w, i)
+                    s = time.perf_counter()
+                    r = await providers[w].post(f"{base}/twilio", data=form, headers=headers)
+                    took = time.perf_counter() - s
+                    assert r.status_code == 200 and "<Response>" in r.text, r.status_code
+                    return took
 
-                    await spread(ingest, clients * 2, clients)  # warm-up
-                    log(f"floor: {n} x ingest_message over HTTP, {clients} concurrent")
-                    results["ingest_floor"] = await spread(ingest, n, clients)
-
-                providers = [httpx.AsyncClient(timeout=60) for _ in range(clients)]
-                try:
-                    async def meta_hook(w: int, i: int, kind: str = "m") -> float:
-                        body, headers = meta_request(kind, w, i)
-                        s = time.perf_counter()
-                        r = await providers[w].post(f"{base}/meta", content=body, headers=headers)
-                        took = time.perf_counter() - s
-                        assert r.status_code == 200, r.status_code
-                        return took
-
-                    async def twilio_hook(w: int, i: int, kind: str = "t") -> float:
-                        form, headers = twilio_request(base, kind, w, i)
-                        s = time.perf_counter()
-                        r = await providers[w].post(f"{base}/twilio", data=form, headers=headers)
-                        took = time.perf_counter() - s
-                        assert r.status_code == 200 and "<Response>" in r.text, r.status_code
-                        return took
-
-                    await spread(lambda w, i: meta_hook(w, i, "wm"), clients * 2, clients)
-                    log(f"Meta: {n} webhooks, {clients} concurrent senders")
-                    results["meta"] = await spread(meta_hook, n, clients)
-                    await spread(lambda w, i: twilio_hook(w, i, "wt"), clients * 2, clients)
-                    log(f"Twilio: {n} webhooks, {clients} concurrent senders")
-                    results["twilio"] = await spread(twilio_hook, n, clients)
-                    log(f"Meta retries: {n} webhooks already stored (the provider's redelivery)")
-                    results["meta_retry"] = await spread(meta_hook, n, clients)
-                finally:
-                    for c in providers:
-                        await c.aclose()
+                await spread(lambda w, i: meta_hook(w, i, "wm"), clients * 2, clients)
+                log(f"Meta: {n} webhooks, {clients} concurrent senders")
+                results["meta"] = await spread(meta_hook, n, clients)
+                await spread(lambda w, i: twilio_hook(w, i, "wt"), clients * 2, clients)
+                log(f"Twilio: {n} webhooks, {clients} concurrent senders")
+                results["twilio"] = await spread(twilio_hook, n, clients)
+                log(f"Meta retries: {n} webhooks already stored (the provider's redelivery)")
+                results["meta_retry"] = await spread(meta_hook, n, clients)
             finally:
-                proc.terminate()
-                proc.wait(15)
+                for c in providers:
+                    await c.aclose()
     finally:
         await drop_db(admin_dsn, dsn)
     return results

@@ -11,10 +11,10 @@ from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import BaseModel, ValidationError
 
 from crm_mcp.tools import all_tools
-from crm_mcp.tools.plumbing.context import Crm
+from crm_mcp.tools.plumbing.context import Caller, Crm
 from crm_mcp.tools.plumbing.registry import clean_strings, validation_context
 
-from .guard import Guard, Principal
+from .guard import Guard
 
 
 def _read_only_index() -> dict[str, bool]:
@@ -46,7 +46,7 @@ def server_kwargs(crm: Crm, *, http: bool) -> dict[str, Any]:
     index = _read_only_index()
     actor = "no-auth" if http else "stdio"
     # One stdio server serves one client: its leases are this process's alone.
-    default = Principal(actor, settings.role, holder=f"{actor}:{uuid.uuid4().hex[:12]}")
+    default = Caller(actor, settings.role, holder=f"{actor}:{uuid.uuid4().hex[:12]}")
     kwargs: dict[str, Any] = {
         "middleware": [Guard(crm.pool, default=default, authenticated=authenticated,
                              read_only=lambda name: index.get(name, False), validate=_validator(crm))],

@@ -18,7 +18,6 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -29,21 +28,13 @@ from mcp.shared.exceptions import MCPError
 from mcp.types import CallToolResult, TextContent
 from mcp_types import INVALID_REQUEST
 
-from crm_mcp.tools.plumbing.context import CALLER, Caller, lease_holder
+from crm_mcp.tools.plumbing.context import CALLER, Caller
 from crm_mcp.tools.plumbing.errors import Unavailable
 
 from . import audit, lease_scope, roles, telemetry
 from .auth import principal_of
-from .roles import Role
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Principal:
-    actor: str  # token name, JWT subject, 'stdio' or 'no-auth'
-    role: Role
-    holder: str = ""  # whose agent leases: '<token kind>:<actor>', or 'stdio:<process>' (see access.py)
 
 
 def _holder(name: str) -> str:
@@ -56,7 +47,7 @@ def _get(result: Any, attr: str, key: str) -> Any:
 
 
 class Guard:
-    def __init__(self, pool: Any, *, default: Principal, authenticated: bool,
+    def __init__(self, pool: Any, *, default: Caller, authenticated: bool,
                  read_only: Callable[[str], bool], validate: lease_scope.Validate) -> None:
         self.pool = pool
         self.default = default
@@ -64,14 +55,14 @@ class Guard:
         self.read_only = read_only
         self.validate = validate  # a tool's arguments through its own input model; None if invalid
 
-    def principal(self, ctx: Any) -> Principal | None:
+    def principal(self, ctx: Any) -> Caller | None:
         request = getattr(ctx, "request", None)
         user = getattr(request, "scope", {}).get("user") if request is not None else None
         access = user.access_token if isinstance(user, AuthenticatedUser) else get_access_token()
         if access is not None:
             actor, role = principal_of(access)
             kind = (access.claims or {}).get("kind", "token")
-            return Principal(actor, role, _holder(f"{kind}:{actor}")) if role is not None else None
+            return Caller(actor, role, _holder(f"{kind}:{actor}")) if role is not None else None
         if request is None or not self.authenticated:
             return self.default  # stdio, or HTTP with --no-auth (loopback only)
         return None  # an HTTP request that reached us unauthenticated: refuse everything
@@ -121,7 +112,7 @@ class Guard:
             raise MCPError(code=INVALID_REQUEST, message=roles.denial(role, "use completions", roles.COMPLETION_ROLES))
         return await call_next(ctx)
 
-    async def _call_tool(self, ctx: Any, call_next: Any, who: Principal | None, params: Any) -> Any:
+    async def _call_tool(self, ctx: Any, call_next: Any, who: Caller | None, params: Any) -> Any:
         name = str(params.get("name", ""))
         arguments = params.get("arguments") or {}
         read_only = self.read_only(name)
@@ -144,8 +135,7 @@ class Guard:
             return CallToolResult(content=[TextContent(type="text", text=text)], is_error=True)
         assert who is not None
         failure = audit.start_call()
-        holding = lease_holder.set(who.holder)
-        caller = CALLER.set(Caller(who.actor, who.role))  # tools whose policy depends on who asks (commerce)
+        caller = CALLER.set(who)  # tools whose policy depends on who asks (commerce, agent leases)
         try:
             result = await call_next(ctx)
         except Exception as exc:  # a protocol-level error (MCPError): still counted and audited
@@ -156,7 +146,6 @@ class Guard:
                                    digest=audit.args_digest(arguments), outcome=f"error:{kind}")
             raise
         finally:
-            lease_holder.reset(holding)
             CALLER.reset(caller)
         is_error = bool(_get(result, "is_error", "isError"))
         outcome = "ok" if not is_error else f"error:{failure[0] if failure else 'tool_error'}"
@@ -168,7 +157,7 @@ class Guard:
                                digest=audit.args_digest(arguments), outcome=outcome)
         return result
 
-    async def _lease_refusal(self, who: Principal, name: str, writes: bool, arguments: dict[str, Any]) -> str | None:
+    async def _lease_refusal(self, who: Caller, name: str, writes: bool, arguments: dict[str, Any]) -> str | None:
         try:
             with anyio.fail_after(LEASE_CHECK_S):
                 return await lease_scope.check(self.pool, holder=who.holder, tool=name, writes=writes,

@@ -10,11 +10,9 @@ import re
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -23,9 +21,9 @@ import pytest
 
 from crm_mcp.channel_bridges.agent_policy import HOLDING_REPLY
 
+from .agent_helpers import agent_log, agent_process, agent_replies, drain_waiting
 from .conftest import REPO, TEMPLATE_DB, call, scratch_database, server_env
 from .http_server import bearer_client, http_server, make_token
-from .webform_helpers import stop_process
 
 pytestmark = pytest.mark.anyio
 
@@ -47,38 +45,9 @@ async def demo_dsn(pg_admin_dsn: str, template_dsn: str) -> AsyncIterator[str]:
         yield dsn
 
 
-@contextmanager
-def agent_process(url: str, token: str, *args: str) -> Iterator[subprocess.Popen[bytes]]:
-    log = tempfile.NamedTemporaryFile(prefix="crm-agent-", suffix=".log", delete=False)
-    proc = subprocess.Popen([sys.executable, "-m", "crm_mcp.server.cli", "agent", "--server", url, "--log-level", "INFO", *args],
-                            env={**server_env("postgresql://unused/"), "CRM_TOKEN": token}, cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=log)
-    proc.log_path = log.name  # type: ignore[attr-defined]
-    try:
-        yield proc
-    finally:
-        stop_process(proc)
-        log.close()
-
-
-def agent_log(proc: subprocess.Popen[bytes]) -> list[dict[str, Any]]:
-    with open(proc.log_path, encoding="utf-8") as f:  # type: ignore[attr-defined]
-        return [json.loads(line) for line in f if line.startswith("{")]
-
-
 async def ask(bridge, email: str, content: str) -> dict[str, Any]:
     return await call(bridge, "ingest_message", channel="web_form", channel_message_id=f"agent-test-{uuid.uuid4().hex}",
                       sender={"email": email, "name": "Test Customer"}, content=content)
-
-
-async def agent_replies(staff, conversation_id: str, timeout: float = 30.0, at_least: int = 1) -> list[dict[str, Any]]:
-    with anyio.fail_after(timeout):
-        while True:
-            conv = await call(staff, "get_conversation", conversation_id=conversation_id, limit=100)
-            replies = [m for m in conv["messages"] if m["role"] == "agent"]
-            if len(replies) >= at_least:
-                return replies
-            await anyio.sleep(0.1)
 
 
 async def ticket_status(staff, number: str) -> dict[str, Any]:
@@ -167,19 +136,7 @@ async def test_an_agent_killed_mid_turn_is_replaced_and_the_customer_gets_one_re
     async with http_server(demo_dsn) as srv:
         async with bearer_client(srv.url, tokens["bridge"]) as bridge, bearer_client(srv.url, tokens["admin"]) as staff:
             # drain what the demo (and the test before) left waiting, so the doomed agent takes our message
-            with agent_process(srv.url, tokens["agent"], "--wait-s", "1"):
-                conn = await asyncpg.connect(demo_dsn)
-                try:
-                    with anyio.fail_after(60):
-                        while await conn.fetchval(
-                                """SELECT count(*) FROM conversations v WHERE v.status = 'active' AND EXISTS (
-                                       SELECT 1 FROM tickets t WHERE t.conversation_id = v.id AND t.status IN ('open', 'in_progress', 'waiting'))
-                                   AND EXISTS (SELECT 1 FROM messages m WHERE m.conversation_id = v.id AND m.role = 'customer'
-                                       AND m.created_at > coalesce((SELECT max(created_at) FROM messages r WHERE r.conversation_id = v.id
-                                           AND r.role IN ('agent', 'human')), '-infinity'))"""):
-                            await anyio.sleep(0.2)
-                finally:
-                    await conn.close()
+            await drain_waiting(demo_dsn, srv.url, tokens["agent"], timeout=60)
             with agent_process(srv.url, tokens["agent"], "--lease-s", "5", "--turn-delay-s", "60") as doomed:
                 ing = await ask(bridge, "kill@example.com", "How do I reset my password? I forgot it.")
                 conn = await asyncpg.connect(demo_dsn)

@@ -22,12 +22,11 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
-import asyncpg
 import httpx
 import pytest
 import uvicorn
@@ -39,10 +38,9 @@ from starlette.routing import Route
 from crm_mcp.channel_bridges.agent_llm import answer_problem, lease_refusal
 from crm_mcp.channel_bridges.agent_policy import HOLDING_REPLY
 
+from .agent_helpers import agent_log, agent_process, agent_replies, drain_waiting
 from .conftest import REPO, TEMPLATE_DB, call, scratch_database, server_env
 from .http_server import bearer_client, free_port, http_server, make_token
-from .test_agent import agent_process
-from .webform_helpers import stop_process
 
 pytestmark = pytest.mark.anyio
 
@@ -155,35 +153,9 @@ def model_server(model: FakeModel) -> Iterator[str]:
         assert not thread.is_alive()
 
 
-@contextmanager
-def llm_agent(url: str, token: str, model_url: str, *args: str, **env: str) -> Iterator[subprocess.Popen[bytes]]:
-    log = tempfile.NamedTemporaryFile(prefix="crm-agent-llm-", suffix=".log", delete=False)
-    full_env = {**server_env("postgresql://unused/"), "CRM_TOKEN": token, "OPENAI_BASE_URL": model_url,
-                "OPENAI_API_KEY": "test-key", **env}
-    proc = subprocess.Popen([sys.executable, "-m", "crm_mcp.server.cli", "agent", "--server", url, "--log-level", "INFO",
-                             "--wait-s", "2", "--llm", "openai", *args],
-                            env=full_env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=log)
-    proc.log_path = log.name  # type: ignore[attr-defined]
-    try:
-        yield proc
-    finally:
-        stop_process(proc)
-        log.close()
-
-
-def agent_log(proc: subprocess.Popen[bytes]) -> list[dict[str, Any]]:
-    with open(proc.log_path, encoding="utf-8") as f:  # type: ignore[attr-defined]
-        return [json.loads(line) for line in f if line.startswith("{")]
-
-
-async def agent_replies(staff: Any, conversation_id: str, timeout: float = 60.0) -> list[dict[str, Any]]:
-    with anyio.fail_after(timeout):
-        while True:
-            conv = await call(staff, "get_conversation", conversation_id=conversation_id, limit=100)
-            replies = [m for m in conv["messages"] if m["role"] == "agent"]
-            if replies:
-                return replies
-            await anyio.sleep(0.1)
+def llm_agent(url: str, token: str, model_url: str, *args: str, **env: str) -> AbstractContextManager[subprocess.Popen[bytes]]:
+    return agent_process(url, token, "--wait-s", "2", "--llm", "openai", *args, log_prefix="crm-agent-llm-",
+                         env={"OPENAI_BASE_URL": model_url, "OPENAI_API_KEY": "test-key", **env})
 
 
 # --- the cases -----------------------------------------------------------------------------------
@@ -309,7 +281,8 @@ async def run(pg_admin_dsn: str, template_dsn: str) -> AsyncIterator[Run]:
                                              content=f"{message}\n(ref-{case}-{uuid.uuid4().hex[:6]})")
                 with model_server(model) as model_url, \
                         llm_agent(srv.url, tokens["agent"], model_url, "--model", "fake-model", **LIMITS) as agent:
-                    replies = {case: await agent_replies(staff, c["conversation"]["conversation_id"]) for case, c in cases.items()}
+                    replies = {case: await agent_replies(staff, c["conversation"]["conversation_id"], timeout=60)
+                               for case, c in cases.items()}
                     tickets = {case: (await call(staff, "get_ticket", ticket_number=c["ticket"]["ticket_number"]))["ticket"]
                                for case, c in cases.items()}
                 await anyio.sleep(0)
@@ -479,25 +452,6 @@ def _smollm2() -> str | None:
     return found.stdout.strip() if found.returncode == 0 else None
 
 
-WAITING_SQL = """SELECT count(*) FROM conversations v WHERE v.status = 'active' AND EXISTS (
-    SELECT 1 FROM tickets t WHERE t.conversation_id = v.id AND t.status IN ('open', 'in_progress', 'waiting'))
-  AND EXISTS (SELECT 1 FROM messages m WHERE m.conversation_id = v.id AND m.role = 'customer'
-    AND m.created_at > coalesce((SELECT max(created_at) FROM messages r WHERE r.conversation_id = v.id
-      AND r.role IN ('agent', 'human')), '-infinity'))"""
-
-
-async def drain_with_the_offline_agent(dsn: str, url: str, token: str) -> None:
-    """The demo's own waiting messages go first in the queue: the offline agent takes them."""
-    with agent_process(url, token, "--wait-s", "1"):
-        conn = await asyncpg.connect(dsn)
-        try:
-            with anyio.fail_after(120):
-                while await conn.fetchval(WAITING_SQL):
-                    await anyio.sleep(0.2)
-        finally:
-            await conn.close()
-
-
 @pytest.mark.slow
 async def test_one_turn_on_a_real_small_model(pg_admin_dsn: str, template_dsn: str) -> None:
     """llama-cpp-python's server with SmolLM2-135M-Instruct (scripts/smollm2.sh). A 135M model is
@@ -525,7 +479,7 @@ async def test_one_turn_on_a_real_small_model(pg_admin_dsn: str, template_dsn: s
             assert seeded.returncode == 0, seeded.stderr[-2000:]
             tokens = {r: await make_token(dsn, f"llm-real-{r}-{uuid.uuid4().hex[:6]}", r) for r in ("admin", "bridge", "agent")}
             async with http_server(dsn) as srv:
-                await drain_with_the_offline_agent(dsn, srv.url, tokens["agent"])
+                await drain_waiting(dsn, srv.url, tokens["agent"], timeout=120)  # the demo's own waiting messages go first
                 async with bearer_client(srv.url, tokens["bridge"]) as bridge, bearer_client(srv.url, tokens["admin"]) as staff:
                     ing = await call(bridge, "ingest_message", channel="web_form", channel_message_id=f"llm-real-{uuid.uuid4().hex}",
                                      sender={"email": "real@customers.example", "name": "Test Customer"},

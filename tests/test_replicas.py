@@ -22,7 +22,7 @@ from crm_mcp.server.background import LEADER_LOCK_KEY
 
 from .conftest import call
 from .http_server import _started, bearer_client, make_token, result_text
-from .test_agent import agent_log, agent_process
+from .agent_helpers import agent_log, agent_process
 
 SENDERS, PER_SENDER, BRIDGES_PER_REPLICA = 12, 6, 3
 pytestmark = pytest.mark.anyio

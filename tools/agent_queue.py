@@ -6,7 +6,7 @@ same conversation). Waiting = an inbound customer message with no agent or human
 in an 'active' conversation whose unfinished ticket is not escalated. The lease ends when the
 conversation gets a reply (send_response) or is escalated (escalate_to_human): database triggers
 of migrations/0006_agent_queue.sql do it, so those tools need no knowledge of the queue. The claim
-records its holder (tools/plumbing/context.lease_holder); the server lets an agent-role holder
+records its holder (tools/plumbing/context.CALLER.holder); the server lets an agent-role holder
 touch only that conversation's customer (crm_mcp.server.lease_scope). A lease
 that lapses (the agent died) makes the conversation claimable again. With wait_s the claim
 long-polls on LISTEN/NOTIFY like claim_outbox (tools/replies.py)."""
@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from crm_mcp.tools.engines.formatting import untrusted
 from crm_mcp.tools.engines.rules import EscalationCode, escalation_reasons
 from crm_mcp.tools.models import Out
-from crm_mcp.tools.plumbing.context import Crm, lease_holder
+from crm_mcp.tools.plumbing.context import CALLER, Crm
 from crm_mcp.tools.plumbing.registry import crm_tool
 from crm_mcp.tools.plumbing.longpoll import wait_for_work
 from crm_mcp.tools.vocabulary import Channel
@@ -99,7 +99,8 @@ ORDER BY created_at, id
 
 
 async def _claim(conn: asyncpg.Connection, crm: Crm, lease_s: float) -> ClaimInboundResult:
-    row = await conn.fetchrow(CLAIM_SQL, float(lease_s), lease_holder.get())
+    caller = CALLER.get()
+    row = await conn.fetchrow(CLAIM_SQL, float(lease_s), caller.holder if caller else None)
     if row is None:
         return ClaimInboundResult(work=None, lease_until=None)
     msgs = await conn.fetch(WAITING_SQL, row["id"], row["first_at"])

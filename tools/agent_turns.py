@@ -5,7 +5,7 @@ reports from them.
 A turn is one claim of a customer message (message_id, attempt = claim_inbound's attempt); a record
 of the same turn again changes nothing. Only the agent that claimed the conversation last may
 record its turns: the reply or escalation has ended the lease by then, so the check is on the
-holder claim_inbound kept (tools/plumbing/context.lease_holder), not on a live lease."""
+holder claim_inbound kept (tools/plumbing/context.CALLER.holder), not on a live lease."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import asyncpg
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from crm_mcp.tools.models import Out
-from crm_mcp.tools.plumbing.context import Crm, lease_holder
+from crm_mcp.tools.plumbing.context import CALLER, Crm
 from crm_mcp.tools.plumbing.errors import Conflict, NotFound, UserError
 from crm_mcp.tools.plumbing.params import ArticleId, MessageId
 from crm_mcp.tools.plumbing.registry import crm_tool
@@ -99,7 +99,8 @@ async def record_agent_turn(crm: Crm, args: RecordTurnInput) -> RecordTurnResult
     staff review and get_metrics. One record per (message_id, attempt) from claim_inbound; a
     repeat returns the first record unchanged. Only the agent that claimed the conversation last
     may record it."""
-    holder = lease_holder.get()
+    caller = CALLER.get()
+    holder = caller.holder if caller else None
     if not holder:
         raise UserError("record_agent_turn needs the caller that claimed the conversation (claim_inbound); nothing was changed.")
     async with crm.tx() as conn:

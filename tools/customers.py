@@ -112,23 +112,14 @@ class LikelyDuplicate(Out):
     why: list[str] = Field(description="What they share, e.g. 'same name', 'same company'.")
 
 
-# Same name, case-insensitively (customers_name_idx serves the equality), at most 3 in all,
-# best first: same company, then most recent contact. A pair of matches is listed once.
+# The rule lives in one place, crm_likely_duplicates() of migrations/0011_intake_function.sql,
+# which intake (crm_ingest) calls too: same name, case-insensitively, at most 3 in all, best first.
+# The planner inlines that one-SELECT SQL function, so customers_name_idx still serves the lookup
+# and its ORDER BY gives the rows' order (WITH ORDINALITY or an outer ORDER BY would stop the
+# inlining or restate the rule).
 LIKELY_DUPLICATES_SQL = """
-SELECT m.id AS duplicate_of, d.id, d.name, d.company, d.last_contact_at, d.same_company
-FROM customers m
-CROSS JOIN LATERAL (
-    SELECT c.id, c.name, c.company, c.last_contact_at,
-           coalesce(lower(c.company) = lower(m.company), false) AS same_company
-    FROM customers c
-    WHERE lower(c.name) = lower(m.name) AND c.id <> m.id AND c.merged_into IS NULL
-      AND NOT (c.id = ANY($1::uuid[]) AND c.id < m.id)
-    ORDER BY same_company DESC, c.last_contact_at DESC NULLS LAST, c.id
-    LIMIT 3
-) d
-WHERE m.id = ANY($1::uuid[]) AND m.name IS NOT NULL AND m.merged_into IS NULL
-ORDER BY array_position($1::uuid[], m.id), d.same_company DESC, d.last_contact_at DESC NULLS LAST, d.id
-LIMIT 3
+SELECT duplicate_of, id, name, company, last_contact_at, same_company
+FROM crm_likely_duplicates($1::uuid[])
 """
 
 

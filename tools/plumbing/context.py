@@ -17,12 +17,6 @@ import asyncpg
 if TYPE_CHECKING:
     from crm_mcp.tools.engines.embeddings import Embedder
 
-# Who holds the agent leases this call takes or acts under: an API token's name, a JWT subject or
-# one stdio server process, as the server's guard names it (crm_mcp.server.guard sets it around
-# every tool call). claim_inbound stores it with the lease; record_agent_turn checks against it.
-lease_holder: ContextVar[str | None] = ContextVar("crm_lease_holder", default=None)
-
-
 class CrmSettings(Protocol):
     """The settings tools read. The server's pydantic Settings satisfies it structurally."""
 
@@ -66,10 +60,14 @@ class Crm:
 @dataclass(frozen=True)
 class Caller:
     actor: str  # token name, JWT subject, 'stdio' or 'no-auth'
-    role: str
+    role: str  # one of crm_mcp.server.roles.Role (tools cannot import the server)
+    # Whose agent leases this call takes or acts under: '<token kind>:<actor>', or 'stdio:<process>'
+    # for one stdio server process. claim_inbound stores it with the lease; record_agent_turn checks it.
+    holder: str = ""
 
 
-# Who is making the tool call in flight, set by the server's guard (tools cannot import it). Read by
-# tools whose policy depends on the caller (an agent's refund always waits for a person) and that
-# record who decided. Unset outside a server call (CLI jobs, in-process tests).
+# Who is making the tool call in flight, set by the server's guard around every tool call (tools
+# cannot import it). Read by tools whose policy depends on the caller (an agent's refund always
+# waits for a person), that record who decided, and by the agent lease tools (holder). Unset
+# outside a server call (CLI jobs, in-process tests).
 CALLER: ContextVar[Caller | None] = ContextVar("crm_caller", default=None)
