@@ -123,7 +123,7 @@ async def open_crm(settings: Settings, *, check_embeddings: bool = True, backgro
             await knowledge.check_embedding_space(crm)
         async with anyio.create_task_group() as tg:
             if background:
-                tg.start_soon(sla_loop, crm, settings.sla_check_interval_s)
+                tg.start_soon(sla_loop, crm, settings.sla_check_interval_s, dsn)
                 tg.start_soon(analytics_loop, crm)
             try:
                 yield crm

@@ -160,8 +160,9 @@ async def create_pool(settings: Settings, dsn: str | None = None) -> asyncpg.Poo
 async def connect_once(dsn: str, **kwargs: Any) -> asyncpg.Connection:
     """A plain connection without the vector codec (used before the extension exists)."""
     kwargs.setdefault("timeout", 10)
+    kwargs.setdefault("server_settings", {"application_name": "crm-mcp-migrate", "timezone": "UTC"})
     try:
-        return await asyncpg.connect(dsn, server_settings={"application_name": "crm-mcp-migrate", "timezone": "UTC"}, **kwargs)
+        return await asyncpg.connect(dsn, **kwargs)
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
         raise DatabaseUnavailable(_unreachable(dsn, exc)) from exc
 

@@ -325,7 +325,8 @@ async def main():
     params = stdio_params(sys.argv[2], CRM_STATEMENT_TIMEOUT_MS="120000", CRM_POOL_MIN_SIZE="1", CRM_POOL_MAX_SIZE="1",
                           CRM_SLA_CHECK_INTERVAL_S="3600")
     async with Client(params, read_timeout_seconds=600) as c:
-        await c.call_tool("find_customer", {"query": "warm-up"})
+        warm = await c.call_tool("find_customer", {"query": "warm-up"})
+        assert not warm.is_error, warm  # a pool starved by background work would fail here, not stall
         [server] = [p for p in psutil.Process().children() if "crm_mcp.server.cli" in " ".join(p.cmdline())]
         print("PID", server.pid, flush=True)
         await anyio.to_thread.run_sync(sys.stdin.readline)
