@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
@@ -24,6 +24,7 @@ from urllib.parse import parse_qsl
 from twilio.request_validator import RequestValidator
 
 from .conftest import REPO, server_env
+from .fake_http import serving
 from .webform_helpers import TOKENS, _wait_http, free_port, stop_process
 
 TWILIO_SID = "AC" + "1" * 32
@@ -126,18 +127,12 @@ def fake_provider() -> Iterator[FakeProvider]:
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    fake.base = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield fake
-    finally:
-        fake.release.set()
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
+    with serving(Handler) as base:
+        fake.base = base
+        try:
+            yield fake
+        finally:
+            fake.release.set()  # a handler held to simulate a hung provider must let go before the server stops
 
 
 # signing, as the providers sign ---------------------------------------------------------------
