@@ -146,6 +146,16 @@ def run_module(module: str, extra: list[str], timeout: int) -> dict[str, Any]:
     return out
 
 
+def run_module_json(module: str, extra: list[str], timeout: int) -> dict[str, Any]:
+    """run_module for a bench that writes its figures to --json: they are merged under "results"."""
+    with tempfile.TemporaryDirectory() as tmp:
+        jpath = Path(tmp) / "results.json"
+        res = run_module(module, ["--json", str(jpath), *extra], timeout=timeout)
+        if jpath.exists():
+            res["results"] = json.loads(jpath.read_text())
+    return res
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--calls", type=int, default=2000, help="find_customer calls per figure")
@@ -176,23 +186,13 @@ def main() -> None:
         report["embed_speed"] = run_module("bench.embed_speed", [], timeout=900)
     kb = REPO / "bench" / "kb_latency.py"
     if not args.skip_kb and kb.exists():
-        with tempfile.TemporaryDirectory() as tmp:
-            jpath = Path(tmp) / "kb.json"
-            res = run_module("bench.kb_latency", ["--json", str(jpath), *args.kb_args.split()], timeout=3600)
-            if jpath.exists():
-                res["results"] = json.loads(jpath.read_text())
-            report["kb_latency"] = res
+        report["kb_latency"] = run_module_json("bench.kb_latency", args.kb_args.split(), timeout=3600)
     elif not kb.exists():
         report["kb_latency"] = {"skipped": "bench/kb_latency.py not present"}
     if not args.skip_agent:
         report["agent"] = run_module("bench.agent", [], timeout=600)
     if not args.skip_whatsapp:
-        with tempfile.TemporaryDirectory() as tmp:
-            jpath = Path(tmp) / "whatsapp.json"
-            res = run_module("bench.whatsapp", ["--json", str(jpath), *args.whatsapp_args.split()], timeout=1800)
-            if jpath.exists():
-                res["results"] = json.loads(jpath.read_text())
-            report["whatsapp"] = res
+        report["whatsapp"] = run_module_json("bench.whatsapp", args.whatsapp_args.split(), timeout=1800)
     if not args.skip_email:
         import shutil
 
