@@ -47,8 +47,7 @@ from crm_mcp.tools.models import Out
 from crm_mcp.tools.plumbing.params import MessageId, Text, TicketNumber
 from crm_mcp.tools.plumbing.registry import crm_tool
 from crm_mcp.tools.tickets import fetch_ticket
-from crm_mcp.tools.agent_turns import AgentFigures
-from crm_mcp.tools.agent_turns import figures as agent_figures
+from crm_mcp.tools.agent_turns import AgentFigures, figures as agent_figures
 
 WINDOWS: dict[str, timedelta] = {
     "1h": timedelta(hours=1),
