@@ -80,7 +80,8 @@ async def test_gmail_push_reply_in_thread_and_expired_history_resync(db_dsn: str
         with email_bridge(url, db_dsn, tmp_path, env) as base:
             rows = await wait_rows(db_dsn, INBOUND, count=3, what="the mail found by the full resync")
             assert rows[2]["channel_message_id"] == third
-            [cp] = await fetch(db_dsn, CHECKPOINT)
-            assert int(json.loads(cp["value"])["history_id"]) >= gmail.expired_before - 1
+            # the checkpoint is written after the messages it covers are committed: wait for it
+            await wait_rows(db_dsn, CHECKPOINT + " AND (value->>'history_id')::bigint >= $1", gmail.expired_before - 1,
+                            what="the checkpoint past the expired history")
             assert len(await fetch(db_dsn, INBOUND)) == 3, "the resync ingested nothing twice"
             assert health(base)["email"]["backend"] == "gmail"
