@@ -15,7 +15,7 @@ For each size:
 3. Per query, interleaved so the three share the machine's noise:
    - tool: search_knowledge_base through `crm-mcp serve` over stdio (mcp.Client), query
      embedding included;
-   - SQL floor: tools.knowledge.search_rows + the result-row fetch, in-process, with the query
+   - SQL floor: tools.knowledge.correct_spelling + search_rows + the result-row fetch, in-process, with the query
      vector precomputed;
    - embedding floor: the same embedder's embed_query, in-process.
    Prints p50/p95 of each and the tool's as a ratio to the sum of the floors (target <= 1.5).
@@ -304,6 +304,7 @@ async def measure_latency(dsn: str, queries: list[str], qvecs: np.ndarray, round
         emb = knowledge.get_embedder(crm)
         async with crm.pool.acquire() as conn:
             async def run_sql(q: str, v: np.ndarray) -> None:
+                await knowledge.correct_spelling(conn, q)
                 rows = await knowledge.search_rows(crm, conn, q, v, None)
                 ids = [r["chunk_id"] for r in rows.vector[:5]] + [r["chunk_id"] for r in rows.text[:5]]
                 await conn.fetch(ROWS_SQL, ids)

@@ -137,6 +137,31 @@ async def test_identifiers_are_found_whole_and_titles_weigh_more(db_dsn: str) ->
                 "#sec451", "#http429", "#invalidredirecturi", "#v2.3.1"}
 
 
+async def test_misspelt_words_are_corrected_to_knowledge_base_words(db_dsn: str) -> None:
+    """A typo the knowledge base has never seen is searched as the word it is one edit from, and
+    the answer says so; common English words and other products' names are left as they are."""
+    settings = load_settings(database_url=db_dsn)
+    async with open_crm(settings, background=False) as crm:
+        await knowledge.import_folder(crm, KB)
+        async with crm.pool.acquire() as conn:
+            assert await knowledge.correct_spelling(conn, "Forgot my pasword, cant login") == (
+                "Forgot my password, cant login", {"pasword": "password"})
+            # right words, English words the knowledge base lacks, an unknown product: untouched
+            for q in ("reset my password", "my older invoices", "cancel my netflix plan", "zzqx vrrk plumbus"):
+                assert await knowledge.correct_spelling(conn, q) == (q, {}), q
+        # a word an article brings is known at once (the trigger of migrations/0013)
+        await knowledge.upsert_article(crm, knowledge.Article(
+            "Connect Stravaline", "Stravaline syncs your rides to forms.", "integrations", "t/stravaline"))
+        async with crm.pool.acquire() as conn:
+            assert (await knowledge.correct_spelling(conn, "how do i conect stravalin"))[1] == {
+                "conect": "connect", "stravalin": "stravaline"}
+    async with mcp_client(db_dsn) as client:
+        r = await call(client, "search_knowledge_base", query="i forgot my pasword and cant get into my acount")
+        assert r["nothing_relevant"] is False and r["results"][0]["relevance"] == "relevant", r
+        assert "password" in r["results"][0]["title"].lower() or "sign" in r["results"][0]["title"].lower()
+        assert "acount -> account" in r["note"] and "pasword -> password" in r["note"], r["note"]
+
+
 async def test_search_products_labels_and_nothing_relevant(db_dsn: str) -> None:
     settings = load_settings(database_url=db_dsn)
     async with open_crm(settings, background=False) as crm:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 import re
 import sys
 import uuid
@@ -25,12 +26,13 @@ from typing import Any, Literal
 import asyncpg
 import frontmatter
 import numpy as np
+from rapidfuzz.distance import OSA
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
 from crm_mcp.tools.engines.chunking import chunk_text
 from crm_mcp.tools.plumbing.context import Crm
-from crm_mcp.tools.engines.embeddings import Embedder, make_embedder
+from crm_mcp.tools.engines.embeddings import TOKENIZER_FILE, Embedder, make_embedder
 from crm_mcp.tools.vocabulary import KB_CATEGORIES, KbCategory
 from crm_mcp.tools.plumbing.errors import UserError
 from crm_mcp.tools.models import Out
@@ -519,6 +521,77 @@ async def search_rows(
     return out
 
 
+# Typo tolerance ---------------------------------------------------------------------------------
+
+# The query's words the knowledge base has never seen, each with the known words (kb_words,
+# migrations/0013) of its first letter and about its length: the candidates for a correction.
+CORRECTION_SQL = """
+SELECT q.w AS word, coalesce(array_agg(k.word ORDER BY k.word) FILTER (WHERE k.word IS NOT NULL), '{}') AS candidates
+FROM unnest($1::text[]) AS q(w)
+LEFT JOIN kb_words k ON left(k.word, 1) = left(q.w, 1) AND length(k.word) BETWEEN length(q.w) - 2 AND length(q.w) + 2
+WHERE NOT EXISTS (SELECT 1 FROM kb_words e WHERE e.word = q.w)
+GROUP BY q.w
+"""
+# Shorter words are left alone: "cant" is one letter from "cart", and a four-letter typo is
+# as often another real word.
+CORRECT_FROM_LENGTH = 5
+_WORD = re.compile(r"[^\W\d_]+")
+_dictionary: frozenset[str] | None = None
+
+
+def _english_words() -> frozenset[str]:
+    """Whole words of the embedder's WordPiece vocabulary (30k common English words and names,
+    shipped with the package): a word in it is never 'corrected' into a knowledge base word,
+    so 'older' does not become 'order', nor 'netflix' anything."""
+    global _dictionary
+    if _dictionary is None:
+        import json
+        path = Path(__file__).resolve().parent / "engines" / "data" / TOKENIZER_FILE
+        vocab = json.loads(path.read_text(encoding="utf-8"))["model"]["vocab"]
+        _dictionary = frozenset(w for w in vocab if w.isalpha())
+    return _dictionary
+
+
+def _max_typos(word: str) -> int:
+    return 1 if len(word) < 9 else 2
+
+
+def _best_correction(word: str, candidates: list[str]) -> str | None:
+    """The nearest candidate by edit distance (transpositions count once); a tie goes to the
+    longer common prefix, then the alphabetically first, so the same query always reads the same."""
+    limit = _max_typos(word)
+    best: tuple[int, int, str] | None = None
+    for c in candidates:
+        d = OSA.distance(word, c, score_cutoff=limit)
+        if d > limit:
+            continue
+        prefix = len(os.path.commonprefix([word, c]))
+        key = (d, -prefix, c)
+        if best is None or key < best:
+            best = key
+    return None if best is None else best[2]
+
+
+async def correct_spelling(conn: asyncpg.Connection, query: str) -> tuple[str, dict[str, str]]:
+    """The query with misspelt words replaced by the knowledge base word they are one or two
+    edits from ('pasword' -> 'password', 'stava' -> 'strava'), and the replacements made. Only
+    words the knowledge base has never seen and that are not common English are looked at, so
+    a correct query costs one indexed lookup and is returned unchanged."""
+    english = _english_words()
+    words = sorted({w for w in _WORD.findall(query.lower()) if CORRECT_FROM_LENGTH <= len(w) <= 30 and w not in english})
+    if not words:
+        return query, {}
+    fixes: dict[str, str] = {}
+    for r in await conn.fetch(CORRECTION_SQL, words):
+        fix = _best_correction(r["word"], r["candidates"])
+        if fix is not None:
+            fixes[r["word"]] = fix
+    if not fixes:
+        return query, {}
+    pattern = re.compile(r"\b(" + "|".join(map(re.escape, fixes)) + r")\b", re.IGNORECASE)
+    return pattern.sub(lambda m: fixes[m.group(1).lower()], query), fixes
+
+
 def _fuse(hits: list[Hit], mode: str) -> None:
     """Order by similarity plus TEXT_SHARE of the BM25 score scaled to the query's best. Scores,
     not ranks: reciprocal rank fusion gave a text arm that had ranked every article the same
@@ -537,11 +610,17 @@ def _fuse(hits: list[Hit], mode: str) -> None:
 
 async def hybrid_search(
     crm: Crm, query: str, *, category: str | None, limit: int, mode: Literal["hybrid", "vector", "text", "rrf"] = "hybrid",
+    fixes: dict[str, str] | None = None,
 ) -> list[Hit]:
-    """Articles for a query, best first, each with its features and label. `mode` is for the
-    benchmarks: 'vector' or 'text' orders by one arm alone (labels unchanged), 'rrf' is the
-    reciprocal rank fusion this search used before."""
+    """Articles for a query, best first, each with its features and label; misspellings are
+    corrected first (recorded in `fixes` when given). `mode` is for the benchmarks: 'vector' or
+    'text' orders by one arm alone (labels unchanged), 'rrf' is the reciprocal rank fusion this
+    search used before."""
     emb = get_embedder(crm)
+    async with crm.pool.acquire() as conn:
+        query, made = await correct_spelling(conn, query)
+    if fixes is not None:
+        fixes.update(made)
     qvec = await emb.embed_query(query)
     async with crm.pool.acquire() as conn:
         rows = await search_rows(crm, conn, query, qvec, category, text=True)
@@ -639,7 +718,8 @@ async def search_knowledge_base(crm: Crm, args: SearchKbInput) -> SearchKbResult
     codes such as FB-4291, product names). Returns title, best passage, category, scores and a
     label: 'relevant' likely answers it, 'weak' is related at best. Answer only from 'relevant';
     if nothing_relevant, do not guess: escalate_to_human. Products for sale: search_products."""
-    hits = await hybrid_search(crm, args.query, category=args.category, limit=args.limit)
+    fixes: dict[str, str] = {}
+    hits = await hybrid_search(crm, args.query, category=args.category, limit=args.limit, fixes=fixes)
     if args.min_score is not None:
         hits = [h for h in hits if (h.cosine or 0.0) >= args.min_score]
     async with crm.pool.acquire() as conn:
@@ -657,7 +737,10 @@ async def search_knowledge_base(crm: Crm, args: SearchKbInput) -> SearchKbResult
             matched_by=[s for s, p in (("vector", h.vector_pos), ("text", h.text_pos)) if p is not None],  # type: ignore[misc]
             relevance=_relevance(h)))
     nothing = not any(r.relevance == "relevant" for r in results)
-    return SearchKbResult(results=results, nothing_relevant=nothing, note=NOTHING_RELEVANT if nothing else None)
+    notes = [NOTHING_RELEVANT] if nothing else []
+    if fixes:
+        notes.append("Searched with spelling corrected: " + ", ".join(f"{a} -> {b}" for a, b in sorted(fixes.items())) + ".")
+    return SearchKbResult(results=results, nothing_relevant=nothing, note=" ".join(notes) or None)
 
 
 class UpsertKbInput(BaseModel):
