@@ -44,9 +44,11 @@ log = logging.getLogger(__name__)
 CANDIDATES = 40
 # Fusion and labels (bench/kb_quality.py measures them on the dev set and the held-out sets).
 TEXT_SHARE = 0.15
-RELEVANT_EVIDENCE = 0.15
+RELEVANT_EVIDENCE = 0.2
 RELEVANT_MARGIN = 0.1
 COVERAGE_SHARE = 0.2
+MIN_SIMILARITY = 0.25
+UNSEEN_COMMON, UNSEEN_OTHER = 0.5, 1.0
 
 
 class EmbeddingSpaceMismatch(Exception):
@@ -366,7 +368,8 @@ LIMIT $3
 """
 
 # The query's lexemes (kb_query_lexemes: english stems and whole identifiers) with their
-# document frequency, for BM25's idf. Frequent lexemes come from the planner's statistics on a
+# document frequency, for BM25's idf, and whether each is a common English word ($3 holds the
+# query's words that are, see _common_words). Frequent lexemes come from the planner's statistics on a
 # large table (counting their rows would cost more than the search); the others are counted
 # through the GIN index, which for rare lexemes is a handful of rows.
 LEXEME_SQL = """
@@ -384,7 +387,7 @@ WITH lex AS (
     WHERE s.schemaname = current_schema() AND s.tablename = 'kb_chunks' AND s.attname = 'tsv' AND e.lexeme IS NOT NULL
       AND (SELECT reltuples FROM rel) >= $2
 )
-SELECT l.lexeme, n.n,
+SELECT l.lexeme, n.n, l.lexeme = ANY(kb_query_lexemes($3)) AS common,
        coalesce(m.freq * n.n,
                 (SELECT count(*) FROM kb_chunks c WHERE c.is_active AND c.tsv @@ kb_lexeme_query(l.lexeme)))::float8 AS df
 FROM lex l CROSS JOIN n LEFT JOIN mce m USING (lexeme)
@@ -445,6 +448,7 @@ class Hit:
     bm25: float | None = None
     coverage: float = 0.0  # share of the query's idf that the best BM25 passage contains
     evidence: float = 0.0  # what the label rests on (evidence())
+    exact: bool = False  # its passage holds an identifier of the query (an error code, a snake_case name)
     relevant: bool = False
     vector_pos: int | None = None
     text_pos: int | None = None
@@ -457,7 +461,32 @@ class SearchRows:
     cosine: list[asyncpg.Record] = field(default_factory=list)  # similarity of articles only BM25 found
     # idf of every query lexeme; one the knowledge base has never seen gets the largest idf.
     idf: dict[str, float] = field(default_factory=dict)
-    unseen: float = 0.0  # share of the query's lexemes that no passage contains
+    unseen: Unseen = field(default_factory=lambda: Unseen())
+
+
+@dataclass(frozen=True)
+class Unseen:
+    """The query's words that no passage contains, as shares of its words (numbers and
+    identifiers are not counted: '12000 steps' or an unknown order number says nothing about
+    the subject). Common English words ('wife', 'workshop') are split from the rest (product
+    names, jargon): a long message is full of the first, a question about another product
+    names the second."""
+    common: float = 0.0
+    other: float = 0.0
+
+
+def _unseen(rows: list[asyncpg.Record]) -> Unseen:
+    words = [r for r in rows if not r["lexeme"].startswith("#") and not any(ch.isdigit() for ch in r["lexeme"])]
+    if not words:
+        return Unseen()
+    return Unseen(sum(r["df"] == 0 and r["common"] for r in words) / len(words),
+                  sum(r["df"] == 0 and not r["common"] for r in words) / len(words))
+
+
+def _common_words(query: str) -> str:
+    """The query's words that are common English (the embedder's WordPiece vocabulary)."""
+    english = _english_words()
+    return " ".join(w for w in _WORD.findall(query.lower()) if w in english)
 
 
 def _idf(df: float, n: float) -> float:
@@ -466,16 +495,16 @@ def _idf(df: float, n: float) -> float:
 
 async def text_rows(
     conn: asyncpg.Connection, query: str, category: str | None, limit: int,
-) -> tuple[list[asyncpg.Record], dict[str, float], float]:
+) -> tuple[list[asyncpg.Record], dict[str, float], Unseen]:
     """BM25 over passages, best first: (article_id, chunk_id, score, matched lexemes); the idf of
-    each query lexeme; the share of them that no passage contains."""
-    lex = await conn.fetch(LEXEME_SQL, query, SELECTIVE_FROM_ROWS)
+    each query lexeme; the query's words that no passage contains."""
+    lex = await conn.fetch(LEXEME_SQL, query, SELECTIVE_FROM_ROWS, _common_words(query))
     if not lex:
-        return [], {}, 0.0
+        return [], {}, Unseen()
     n = max(lex[0]["n"], 1.0)
     idf = {r["lexeme"]: _idf(r["df"], n) for r in lex}
     found = [(r["lexeme"], r["df"]) for r in lex if r["df"] > 0]
-    unseen = 1 - len(found) / len(lex)
+    unseen = _unseen(lex)
     if not found:
         return [], idf, unseen
     lexemes = [l for l, _ in found]
@@ -640,6 +669,7 @@ async def hybrid_search(
             pos += 1
             h.text_pos, h.bm25 = pos, float(r["score"])
             h.coverage = sum(rows.idf.get(l, 0.0) for l in r["matched"]) / total_idf
+            h.exact = any(l.startswith("#") for l in r["matched"])
             if h.cosine is None:
                 h.chunk_id = r["chunk_id"]
     if mode == "vector":
@@ -653,7 +683,7 @@ async def hybrid_search(
         h.evidence = evidence(h.cosine, h.coverage, rows.unseen)
     best = max((h.evidence for h in pool), default=0.0)
     for h in pool:
-        h.relevant = _is_relevant(h.evidence, best)
+        h.relevant = _is_relevant(h.evidence, best, h.cosine, h.exact)
     ranked = sorted(pool, key=lambda h: (-h.score, str(h.article_id)))
     return ranked[:limit]
 
@@ -685,19 +715,23 @@ class SearchKbResult(Out):
     note: str | None = None
 
 
-def evidence(cosine: float | None, coverage: float, unseen: float) -> float:
+def evidence(cosine: float | None, coverage: float, unseen: Unseen) -> float:
     """How strongly a result answers the query, for its label: the passage's similarity, plus
-    COVERAGE_SHARE of the query's idf weight found in it, minus the share of the query's words the
-    whole knowledge base has never seen (a question about another product names things that are
-    not there). A strong text match adds at most COVERAGE_SHARE: it never makes a result relevant
-    on its own."""
-    return (cosine or 0.0) + COVERAGE_SHARE * coverage - unseen
+    COVERAGE_SHARE of the query's idf weight found in it, minus what the whole knowledge base has
+    never seen of the query's words (a question about another product names things that are not
+    there; a chatty message holds everyday words no article needs, which weigh less)."""
+    return (cosine or 0.0) + COVERAGE_SHARE * coverage - UNSEEN_COMMON * unseen.common - UNSEEN_OTHER * unseen.other
 
 
-def _is_relevant(ev: float, best: float) -> bool:
-    """Relevant: evidence at the threshold, and within RELEVANT_MARGIN of the best result's (a
-    neighbour far behind the best is rarely a second answer: 2 of 33 on the dev set)."""
-    return ev >= RELEVANT_EVIDENCE and ev >= best - RELEVANT_MARGIN
+def _is_relevant(ev: float, best: float, cosine: float | None, exact: bool) -> bool:
+    """Relevant: the passage holds an identifier of the query (an error code or API name is
+    rarely in an article by accident), or its evidence reaches the threshold with a similarity
+    of its own (words in common alone never make a result relevant) and is within
+    RELEVANT_MARGIN of the best result's (a neighbour far behind the best is rarely a second
+    answer)."""
+    if exact:
+        return True
+    return ev >= RELEVANT_EVIDENCE and (cosine or 0.0) >= MIN_SIMILARITY and ev >= best - RELEVANT_MARGIN
 
 
 def _relevance(h: Hit) -> Literal["relevant", "weak"]:
@@ -799,16 +833,17 @@ class SearchProductsResult(Out):
 
 
 # Nearest products by meaning and products sharing a query lexeme, each with its similarity, the
-# share of the query's idf weight its text holds, and the share of query lexemes that no product
-# has: the same evidence as search_knowledge_base's labels. A catalogue is small, so lexemes
-# are counted exactly.
+# share of the query's idf weight its text holds, whether it holds an identifier of the query, and
+# the query's words (common English, $5, or not) that no product has: the same evidence as
+# search_knowledge_base's labels (Unseen). A catalogue is small, so lexemes are counted exactly.
 PRODUCT_SQL = """
 WITH lex AS (
     SELECT unnest(kb_query_lexemes($2)) AS lexeme
 ), n AS (
     SELECT count(*)::float8 AS n FROM products WHERE is_active
 ), idf AS (
-    SELECT l.lexeme, d.df, ln(1 + (n.n - d.df + 0.5) / (d.df + 0.5)) AS idf
+    SELECT l.lexeme, d.df, ln(1 + (n.n - d.df + 0.5) / (d.df + 0.5)) AS idf,
+           l.lexeme !~ '^#|[[:digit:]]' AS word, l.lexeme = ANY(kb_query_lexemes($5)) AS common
     FROM lex l CROSS JOIN n,
          LATERAL (SELECT count(*)::float8 AS df FROM products p WHERE p.is_active AND p.tsv @@ kb_lexeme_query(l.lexeme)) d
 ), v AS (
@@ -824,7 +859,9 @@ WITH lex AS (
 SELECT p.external_id, p.title, p.description, p.category, p.price, p.currency, v.pos AS vpos,
        t.id IS NOT NULL AS text_match, 1 - (p.embedding <=> $1) AS cosine,
        coalesce((SELECT sum(i.idf) FILTER (WHERE p.tsv @@ kb_lexeme_query(i.lexeme)) / nullif(sum(i.idf), 0) FROM idf i), 0) AS coverage,
-       coalesce((SELECT count(*) FILTER (WHERE i.df = 0)::float8 / nullif(count(*), 0) FROM idf i), 0) AS unseen
+       EXISTS (SELECT 1 FROM idf i WHERE i.lexeme LIKE '#%' AND p.tsv @@ kb_lexeme_query(i.lexeme)) AS exact,
+       coalesce((SELECT count(*) FILTER (WHERE i.df = 0 AND i.common)::float8 / nullif(count(*), 0) FROM idf i WHERE i.word), 0) AS unseen_common,
+       coalesce((SELECT count(*) FILTER (WHERE i.df = 0 AND NOT i.common)::float8 / nullif(count(*), 0) FROM idf i WHERE i.word), 0) AS unseen_other
 FROM products p LEFT JOIN v ON v.id = p.id LEFT JOIN t ON t.id = p.id
 WHERE v.id IS NOT NULL OR t.id IS NOT NULL
 """
@@ -837,12 +874,13 @@ async def search_products(crm: Crm, args: SearchProductsInput) -> SearchProducts
     qvec = await get_embedder(crm).embed_query(args.query)
     async with crm.pool.acquire() as conn, conn.transaction():
         await _index_settings(crm, conn)
-        rows = await conn.fetch(PRODUCT_SQL, qvec, args.query, args.max_price, CANDIDATES)
+        rows = await conn.fetch(PRODUCT_SQL, qvec, args.query, args.max_price, CANDIDATES, _common_words(args.query))
     scored = []
     for r in rows:
         cosine = None if r["cosine"] is None else float(r["cosine"])
         coverage = float(r["coverage"])
-        scored.append(((cosine or 0.0) + TEXT_SHARE * coverage, evidence(cosine, coverage, float(r["unseen"])), r))
+        unseen = Unseen(float(r["unseen_common"]), float(r["unseen_other"]))
+        scored.append(((cosine or 0.0) + TEXT_SHARE * coverage, evidence(cosine, coverage, unseen), r))
     scored.sort(key=lambda x: (-x[0], x[2]["external_id"]))
     best = max((ev for _, ev, _ in scored), default=0.0)
     results = [
@@ -850,7 +888,7 @@ async def search_products(crm: Crm, args: SearchProductsInput) -> SearchProducts
                       category=r["category"], price=str(r["price"]) if r["price"] is not None else None, currency=r["currency"],
                       similarity=None if r["cosine"] is None else round(float(r["cosine"]), 3),
                       matched_by=[s for s, m in (("vector", r["vpos"] is not None), ("text", r["text_match"])) if m],  # type: ignore[misc]
-                      relevance="relevant" if _is_relevant(ev, best) else "weak")
+                      relevance="relevant" if _is_relevant(ev, best, r["cosine"], r["exact"]) else "weak")
         for _, ev, r in scored[: args.limit]]
     nothing = not any(r.relevance == "relevant" for r in results)
     return SearchProductsResult(results=results, nothing_relevant=nothing,
