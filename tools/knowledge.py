@@ -555,15 +555,19 @@ async def search_rows(
 # The query's words the knowledge base has never seen, each with the known words (kb_words,
 # migrations/0013) of its first letter and about its length: the candidates for a correction.
 CORRECTION_SQL = """
-SELECT q.w AS word, coalesce(array_agg(k.word ORDER BY k.word) FILTER (WHERE k.word IS NOT NULL), '{}') AS candidates
+SELECT q.w AS word,
+       ARRAY(SELECT k.word FROM kb_words k
+             WHERE left(k.word, 1) = left(q.w, 1) AND length(k.word) BETWEEN length(q.w) - 2 AND length(q.w) + 2
+             ORDER BY k.word LIMIT $2) AS candidates
 FROM unnest($1::text[]) AS q(w)
-LEFT JOIN kb_words k ON left(k.word, 1) = left(q.w, 1) AND length(k.word) BETWEEN length(q.w) - 2 AND length(q.w) + 2
 WHERE NOT EXISTS (SELECT 1 FROM kb_words e WHERE e.word = q.w)
-GROUP BY q.w
 """
 # Shorter words are left alone: "cant" is one letter from "cart", and a four-letter typo is
 # as often another real word.
 CORRECT_FROM_LENGTH = 5
+# Bounds on the work one query can cause: a message of made-up words must not fetch the
+# vocabulary many times over.
+MAX_CORRECTED_WORDS, MAX_CANDIDATES = 8, 5000
 _WORD = re.compile(r"[^\W\d_]+")
 _dictionary: frozenset[str] | None = None
 
@@ -607,11 +611,11 @@ async def correct_spelling(conn: asyncpg.Connection, query: str) -> tuple[str, d
     words the knowledge base has never seen and that are not common English are looked at, so
     a correct query costs one indexed lookup and is returned unchanged."""
     english = _english_words()
-    words = sorted({w for w in _WORD.findall(query.lower()) if CORRECT_FROM_LENGTH <= len(w) <= 30 and w not in english})
+    words = list(dict.fromkeys(w for w in _WORD.findall(query.lower()) if CORRECT_FROM_LENGTH <= len(w) <= 30 and w not in english))
     if not words:
         return query, {}
     fixes: dict[str, str] = {}
-    for r in await conn.fetch(CORRECTION_SQL, words):
+    for r in await conn.fetch(CORRECTION_SQL, words[:MAX_CORRECTED_WORDS], MAX_CANDIDATES):
         fix = _best_correction(r["word"], r["candidates"])
         if fix is not None:
             fixes[r["word"]] = fix
