@@ -26,6 +26,7 @@ from typing import Any, Literal
 import asyncpg
 import frontmatter
 import numpy as np
+from rapidfuzz import process
 from rapidfuzz.distance import OSA
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
@@ -592,17 +593,11 @@ def _max_typos(word: str) -> int:
 def _best_correction(word: str, candidates: list[str]) -> str | None:
     """The nearest candidate by edit distance (transpositions count once); a tie goes to the
     longer common prefix, then the alphabetically first, so the same query always reads the same."""
-    limit = _max_typos(word)
-    best: tuple[int, int, str] | None = None
-    for c in candidates:
-        d = OSA.distance(word, c, score_cutoff=limit)
-        if d > limit:
-            continue
-        prefix = len(os.path.commonprefix([word, c]))
-        key = (d, -prefix, c)
-        if best is None or key < best:
-            best = key
-    return None if best is None else best[2]
+    # process.extract compares in C++: a large vocabulary's few thousand candidates cost well under a millisecond
+    near = process.extract(word, candidates, scorer=OSA.distance, score_cutoff=_max_typos(word), limit=None)
+    if not near:
+        return None
+    return min(near, key=lambda m: (m[1], -len(os.path.commonprefix([word, m[0]])), m[0]))[0]
 
 
 async def correct_spelling(conn: asyncpg.Connection, query: str) -> tuple[str, dict[str, str]]:

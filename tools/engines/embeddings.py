@@ -234,6 +234,10 @@ class LocalEmbedder:
             options.intra_op_num_threads = self.intra_op_threads
             options.inter_op_num_threads = 1
             options.log_severity_level = 3
+            # Idle intra-op threads spin for a while after each run by default: on a small
+            # machine they take the cores PostgreSQL needs for the search that follows.
+            if os.environ.get("CRM_ORT_SPIN") != "1":
+                options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             try:
                 session = ort.InferenceSession(
                     str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
