@@ -397,7 +397,8 @@ FROM lex l CROSS JOIN n LEFT JOIN mce m USING (lexeme)
 # BM25 over the passages that match the candidate query ($3), scored on every query lexeme.
 # Term frequency is weighted by where a lexeme stands (title $5, heading $6, body 1) and an
 # identifier (kb_tsv stores it without position) counts $7 once. dl is the passage's number of
-# distinct lexemes and avgdl its mean over the candidates.
+# distinct lexemes and avgdl its mean over the candidates. With $11 set, a query that matches
+# $11 passages or more ranks nothing (the candidates are fetched up to that many, not all).
 BM25_SQL = """
 WITH q AS (
     SELECT * FROM unnest($1::text[], $2::float8[]) AS q(lexeme, idf)
@@ -405,6 +406,7 @@ WITH q AS (
     SELECT c.id, c.article_id, c.tsv, length(c.tsv)::float8 AS dl
     FROM kb_chunks c
     WHERE c.is_active AND c.tsv @@ $3::tsquery AND ($4::text IS NULL OR c.category = $4)
+    LIMIT $11
 ), avgdl AS (
     SELECT greatest(avg(dl), 1) AS a FROM cand
 ), tf AS (
@@ -416,6 +418,7 @@ SELECT tf.article_id, tf.id AS chunk_id,
        sum(tf.idf * tf.tf * ($8 + 1) / (tf.tf + $8 * (1 - $9 + $9 * tf.dl / avgdl.a)))::float8 AS score,
        array_agg(tf.lexeme) AS matched
 FROM tf, avgdl
+WHERE $11::int IS NULL OR (SELECT count(*) FROM cand) < $11
 GROUP BY tf.article_id, tf.id
 ORDER BY score DESC, tf.id
 LIMIT $10
@@ -516,16 +519,19 @@ async def text_rows(
         # common words only, such as "FB mean" where FB is in every article): BM25 over common
         # words says little, and the vector arm ranks alone.
         rare = [l for l, df in found if df <= COMMON_FREQ * n]
+        cap = None
         if rare:
             tsq = " | ".join(map(_tsquery_literal, rare))
         elif n * math.prod(df / n for _, df in found) > MAX_COMMON_MATCHES:
             return [], idf, unseen
         else:
-            tsq = " & ".join(map(_tsquery_literal, lexemes))
+            # The estimate takes the words as independent; in real text they are not ("keeps
+            # asking me to sign in"), and the AND can match thousands: BM25_SQL stops at the cap.
+            tsq, cap = " & ".join(map(_tsquery_literal, lexemes)), MAX_COMMON_MATCHES
     else:
-        tsq = " | ".join(map(_tsquery_literal, lexemes))
+        tsq, cap = " | ".join(map(_tsquery_literal, lexemes)), None
     rows = await conn.fetch(BM25_SQL, lexemes, [idf[l] for l in lexemes], tsq, category, TITLE_WEIGHT, HEADING_WEIGHT,
-                            IDENTIFIER_WEIGHT, BM25_K1, BM25_B, limit)
+                            IDENTIFIER_WEIGHT, BM25_K1, BM25_B, limit, cap)
     return rows, idf, unseen
 
 
