@@ -12,6 +12,7 @@ and labels on the dev set and on held-out sets."""
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import os
@@ -26,9 +27,9 @@ from typing import Any, Literal
 import asyncpg
 import frontmatter
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 from rapidfuzz import process
 from rapidfuzz.distance import OSA
-from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
 from crm_mcp.tools.engines.chunking import chunk_text
@@ -585,7 +586,6 @@ def _english_words() -> frozenset[str]:
     so 'older' does not become 'order', nor 'netflix' anything."""
     global _dictionary
     if _dictionary is None:
-        import json
         path = Path(__file__).resolve().parent / "engines" / "data" / TOKENIZER_FILE
         vocab = json.loads(path.read_text(encoding="utf-8"))["model"]["vocab"]
         _dictionary = frozenset(w for w in vocab if w.isalpha())
