@@ -224,6 +224,8 @@ async def test_restart_fetches_nothing_twice_uidvalidity_change_resyncs_and_repl
             await imap.append(mail(sender="p9@example.org", subject="after the outage", message_id="<m9@example.org>"), folder="Support")
             await wait_rows(db_dsn, INBOUND, count=5, timeout=40, what="the mail after the IMAP server came back")
             assert health(base)["email"]["inbound_connected"] is True
+            # the checkpoint is saved after the mail it covers is committed: wait for it before stopping the bridge
+            await wait_rows(db_dsn, CHECKPOINT + " AND (value->>'last_uid')::bigint >= 4", what="the checkpoint past the new mail")
         assert sorted(r["channel_message_id"] for r in await fetch(db_dsn, INBOUND)) == [f"<m{i}@example.org>" for i in (0, 1, 2, 3, 9)]
         [cp] = await fetch(db_dsn, CHECKPOINT)
         assert json.loads(cp["value"]) == {"uidvalidity": new_validity, "last_uid": 4}
