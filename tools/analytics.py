@@ -21,6 +21,7 @@ from typing import Any
 import asyncpg
 
 from crm_mcp.tools.metrics import CONVERSATIONS_SQL, FEEDBACK_SQL, HISTORY_SQL, MESSAGES_SQL, OPENED_SQL
+from crm_mcp.tools import ticket_cohorts
 from crm_mcp.tools.plumbing.context import Crm
 from crm_mcp.tools.vocabulary import CHANNELS
 
@@ -90,6 +91,7 @@ async def compute_day(conn: asyncpg.Connection, day: date) -> None:
             refunds["refunds_amount"] if channel == "all" else 0, float(r.get("sentiment_sum") or 0.0), s_n,
             list(r.get("latency_ms") or [])))
     await conn.executemany(UPSERT_SQL, values)
+    await ticket_cohorts.compute_cells(conn, day, since, until)
 
 
 async def compute_days(crm: Crm, days: list[date]) -> dict[str, Any]:

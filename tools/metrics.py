@@ -48,6 +48,8 @@ from crm_mcp.tools.plumbing.params import MessageId, Text, TicketNumber
 from crm_mcp.tools.plumbing.registry import crm_tool
 from crm_mcp.tools.tickets import fetch_ticket
 from crm_mcp.tools.agent_turns import AgentFigures, figures as agent_figures
+from crm_mcp.tools import ticket_cohorts
+from crm_mcp.tools.engines.percentiles import concat, float8_array, percentile_cont
 
 WINDOWS: dict[str, timedelta] = {
     "1h": timedelta(hours=1),
@@ -333,11 +335,16 @@ async def compute(conn: asyncpg.Connection, since: datetime, until: datetime, ch
             add(await conn.fetch(sql, a, b, channel))
     if block is not None:
         add(await conn.fetch(ROLLUP_SQL, block[0].date(), block[1].date(), channel))
-    for sql in COHORT_QUERIES:
-        for row in await conn.fetch(sql, since, until, channel):
-            key = "total" if row["is_total"] else row["channel"]
-            if key in merged:
-                merged[key].update({k: v for k, v in row.items() if k not in ("channel", "is_total")})
+    tickets = await ticket_cohorts.figures(conn, since, until, block, channel) if block is not None else None
+    if tickets is not None:
+        for key, figures in tickets.items():
+            merged[key].update(figures)
+    else:
+        for sql in COHORT_QUERIES:
+            for row in await conn.fetch(sql, since, until, channel):
+                key = "total" if row["is_total"] else row["channel"]
+                if key in merged:
+                    merged[key].update({k: v for k, v in row.items() if k not in ("channel", "is_total")})
     (a1, b1), (a2, b2) = (edges + [(since, since)] * 2)[:2]
     if block is None:
         for row in await conn.fetch(LATENCY_RANGE_SQL, a1, b1, channel, a2, b2, date.min, date.min):
@@ -354,19 +361,19 @@ async def compute(conn: asyncpg.Connection, since: datetime, until: datetime, ch
 
 async def _latency_from_rollup(conn: asyncpg.Connection, edges: tuple[datetime, ...], block: tuple[datetime, datetime],
                                channel: str | None) -> dict[str, dict[str, Any]]:
-    """Median and p90 of reply latency over the roll-up's samples plus the live edges, with numpy's
-    'linear' percentile: percentile_cont's own rule (value at rank p * (n - 1), interpolated), without
-    PostgreSQL unnesting and sorting a year of samples row by row."""
-    import numpy as np
-
+    """Median and p90 of reply latency over the roll-up's samples plus the live edges, with
+    percentile_cont's own arithmetic (tools/engines/percentiles.py). The day arrays come as
+    array_send bytes read by numpy: a year is ~450,000 values, too many to build as Python floats."""
     samples: dict[str, list[Any]] = {c: [] for c in (*CHANNELS, "total")}
     for r in await conn.fetch(
-            "SELECT channel, latency_ms FROM analytics_daily WHERE day >= $1 AND day < $2 AND ($3::text IS NULL OR channel IN ($3, 'all'))",
+            """SELECT channel, array_send(latency_ms) AS v FROM analytics_daily
+               WHERE day >= $1 AND day < $2 AND ($3::text IS NULL OR channel IN ($3, 'all'))""",
             block[0].date(), block[1].date(), channel):
+        values = float8_array(r["v"])
         if r["channel"] != "all":
-            samples[r["channel"]].append(r["latency_ms"])
+            samples[r["channel"]].append(values)
         if r["channel"] == (channel or "all"):
-            samples["total"].append(r["latency_ms"])
+            samples["total"].append(values)
     live = await conn.fetch(
         """SELECT channel, array_agg(value) AS v FROM agent_metrics
            WHERE metric_type = 'response_latency' AND ($3::text IS NULL OR channel = $3)
@@ -378,12 +385,9 @@ async def _latency_from_rollup(conn: asyncpg.Connection, edges: tuple[datetime, 
         samples["total"].append(r["v"])
     out: dict[str, dict[str, Any]] = {}
     for key, arrays in samples.items():
-        values = np.concatenate([np.asarray(a, dtype=np.float64) for a in arrays]) if arrays else np.empty(0)
-        if values.size:
-            median, p90 = np.percentile(values, [50, 90], method="linear")
-            out[key] = {"lat_n": int(values.size), "lat_median": float(median), "lat_p90": float(p90)}
-        else:
-            out[key] = {"lat_n": 0, "lat_median": None, "lat_p90": None}
+        values = concat(arrays)
+        median, p90 = percentile_cont(values, (0.5, 0.9))
+        out[key] = {"lat_n": int(values.size), "lat_median": median, "lat_p90": p90}
     return out
 
 

@@ -1,0 +1,27 @@
+-- 0014_analytics_cohorts: the ticket figures of get_metrics from the roll-up. Their definitions are
+-- cohorts of the whole period (tickets opened in it escalated by its end, resolved once per ticket
+-- at their last resolution in it, AI-resolved when their conversation never had a staff reply), so a
+-- day cannot hold a figure; it holds count cells keyed by the days a range has to compare, and the
+-- sorted values a percentile needs (tools/ticket_cohorts.py says what each kind means and how a
+-- range of whole days is summed from them).
+--
+-- Each cell belongs to the latest day it depends on (`day`): computing a day replaces that day's
+-- cells, and a later event never changes a cell of an earlier day, so re-running a day gives the
+-- same rows and only the days the roll-up recomputes can change.
+
+CREATE TABLE analytics_ticket_cells (
+    day      date NOT NULL,
+    kind     text NOT NULL CHECK (kind IN ('opened_escalated', 'first_response', 'escalated', 'resolved',
+                                           'resolved_conv', 'superseded', 'human_resolved')),
+    channel  text NOT NULL CHECK (channel IN ('email', 'whatsapp', 'web_form')),
+    d1       date,
+    d2       date,
+    n        integer NOT NULL CHECK (n > 0),
+    vals     double precision[]
+);
+CREATE INDEX analytics_ticket_cells_day_idx ON analytics_ticket_cells (day, kind);
+
+-- The roll-up and the live edges of a period read tickets and their history by time.
+CREATE INDEX ticket_events_created_idx ON ticket_events (created_at);
+CREATE INDEX tickets_created_idx ON tickets (created_at);
+CREATE INDEX tickets_first_response_idx ON tickets (first_response_at) WHERE first_response_at IS NOT NULL;
