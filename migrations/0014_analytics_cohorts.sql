@@ -25,3 +25,8 @@ CREATE INDEX analytics_ticket_cells_day_idx ON analytics_ticket_cells (day, kind
 CREATE INDEX ticket_events_created_idx ON ticket_events (created_at);
 CREATE INDEX tickets_created_idx ON tickets (created_at);
 CREATE INDEX tickets_first_response_idx ON tickets (first_response_at) WHERE first_response_at IS NOT NULL;
+
+-- Days rolled up before this migration have no cells: forget them, so that get_metrics computes
+-- them live until the job (which starts over from the first day with data, up to a year back)
+-- or `crm-mcp analytics backfill` has rolled them up again with their cells.
+DELETE FROM analytics_daily;

@@ -1,16 +1,18 @@
 """The daily roll-up (analytics_daily): one row per UTC day and channel, plus 'all' for the total,
 filled from the live tables by the same SQL get_metrics runs (tools/metrics.py), so a day's row
-is by construction what get_metrics computes live for that day.
+is by construction what get_metrics computes live for that day; and the day's ticket cells
+(analytics_ticket_cells, tools/ticket_cohorts.py).
 
-What get_metrics reads back from it for whole past days: conversations, messages in and out, the
-sentiment sum and count, CSAT counts and the day's response-latency samples (its median and p90
-over a range are percentile_cont over the same values the live query sorts). The ticket figures of
-a row (opened, resolved, escalated, median first response) and refunds are the day's own, for
-reports; get_metrics computes ticket figures live over the whole period, because their definitions
-are cohorts of the period ("escalated by its end", "resolved once per ticket"), which days cannot add.
+What get_metrics reads back for whole past days: from the rows, conversations, messages in and
+out, the sentiment sum and count, CSAT counts, tickets opened and the day's response-latency
+samples (a range's median and p90 are percentile_cont over the same values the live query sorts);
+from the cells, the ticket figures whose definitions are cohorts of the period ("escalated by its
+end", "resolved once per ticket", median first response of tickets opened in the period). A row's
+own ticket figures (resolved, escalated, median first response) and refunds are the day's, for
+reports.
 
-Computing a day replaces its rows (re-running gives the same rows). The job runs under
-pg_try_advisory_xact_lock: across replicas one computes and the others skip that round."""
+Computing a day replaces its rows and its cells (re-running gives the same rows). The job runs
+under pg_try_advisory_xact_lock: across replicas one computes and the others skip that round."""
 
 from __future__ import annotations
 

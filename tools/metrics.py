@@ -2,10 +2,10 @@
 record_feedback (a customer's 1-5 rating of a reply or of a ticket's handling).
 
 Figures are computed from the live tables at call time (messages, conversations, tickets,
-ticket_events, feedback, agent_metrics), except that whole past days already rolled up into
-analytics_daily (tools/analytics.py, with these same queries) are read from the roll-up for the
-figures that add up by day; the result is the same either way (tests/test_analytics.py). A period
-is half-open: since <= t < until.
+ticket_events, feedback, agent_metrics), except that whole past days already rolled up
+(tools/analytics.py, with these same queries) are read from the roll-up: analytics_daily for the
+figures that add up by day, analytics_ticket_cells for the ticket cohorts (tools/ticket_cohorts.py);
+the result is the same either way (tests/test_analytics.py). A period is half-open: since <= t < until.
 
 Definitions (channel = the conversation's initial channel, the message's channel, the ticket's
 source channel, the metric's channel or the rated message's / ticket's channel):
@@ -216,7 +216,8 @@ GROUP BY ROLLUP (channel)
 """
 
 # Figures that add up day by day (summed over the roll-up and the live edges of a period) and the
-# ticket cohorts of the whole period (always live: tickets opened in it, escalated by its end...).
+# ticket cohorts of the whole period (tickets opened in it, escalated by its end...: live, or from
+# the roll-up's cells by tools/ticket_cohorts.py).
 ADDITIVE_QUERIES = (CONVERSATIONS_SQL, MESSAGES_SQL, FEEDBACK_SQL)
 COHORT_QUERIES = (OPENED_SQL, HISTORY_SQL)
 
@@ -314,10 +315,11 @@ async def compute(conn: asyncpg.Connection, since: datetime, until: datetime, ch
     """The figures of get_metrics for [since, until); also used by the metrics resource and the
     daily_report prompt, so every surface reports the same definitions.
 
-    Whole past UTC days already in analytics_daily (tools/analytics.py) are read from it for the
-    figures that add up day by day (conversations, messages, sentiment sums, CSAT, latency samples);
-    the partial days at either end, today, and the ticket cohorts are computed live. use_rollup=False
-    computes everything live (the reference the roll-up is tested against)."""
+    Whole past UTC days already rolled up (tools/analytics.py) are read from analytics_daily for
+    the figures that add up day by day (conversations, messages, sentiment sums, CSAT, latency
+    samples) and from its ticket cells for the ticket cohorts (tools/ticket_cohorts.py); the partial
+    days at either end and today are computed live. use_rollup=False computes everything live (the
+    reference the roll-up is tested against)."""
     merged: dict[str, dict[str, Any]] = {c: {} for c in (*CHANNELS, "total")}
     block = await _rollup_block(conn, since, until) if use_rollup else None
     edges = [(since, until)] if block is None else [(a, b) for a, b in ((since, block[0]), (block[1], until)) if a < b]

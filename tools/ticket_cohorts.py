@@ -114,9 +114,10 @@ WITH resolved_today AS (
 ), earlier AS (
     SELECT t.id FROM first_staff_reply f JOIN tickets t ON t.conversation_id = f.conversation_id
 ), days AS (
-    SELECT DISTINCT ticket_id, (created_at AT TIME ZONE 'UTC')::date AS d FROM ticket_events
-    WHERE {RESOLUTION} AND created_at < $2
-      AND ticket_id IN (SELECT ticket_id FROM resolved_today UNION SELECT id FROM earlier)
+    SELECT DISTINCT e.ticket_id, (e.created_at AT TIME ZONE 'UTC')::date AS d
+    FROM (SELECT ticket_id FROM resolved_today UNION SELECT id FROM earlier) s
+    JOIN ticket_events e ON e.ticket_id = s.ticket_id
+    WHERE e.{RESOLUTION} AND e.created_at < $2
 ), pairs AS (
     SELECT ticket_id, d, lag(d) OVER (PARTITION BY ticket_id ORDER BY d) AS prev FROM days
 )
