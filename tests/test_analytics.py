@@ -210,8 +210,16 @@ async def test_rollup_equals_live_for_ranges_that_cut_through_cohorts(db_dsn: st
                      AND created_at + (1 + abs(hashtext(id::text || k)) % 9) * interval '1 day 37 minutes' < $1""",
                 midnight(today))
             await add_stories(conn, start, late=False)
-        await analytics.backfill(Crm(settings=settings, pool=pool), start)
+        crm = Crm(settings=settings, pool=pool)
+        await analytics.backfill(crm, start)
+        cells_sql = "SELECT day, kind, channel, d1, d2, n, vals FROM analytics_ticket_cells ORDER BY 1, 2, 3, 4, 5"
         async with pool.acquire() as conn:
+            cells = [tuple(r) for r in await conn.fetch(cells_sql)]
+            assert {r[1] for r in cells} == {"opened_escalated", "first_response", "escalated", "resolved", "resolved_conv",
+                                             "superseded", "human_resolved"}
+        await analytics.backfill(crm, start)  # re-running the days gives the same cells
+        async with pool.acquire() as conn:
+            assert [tuple(r) for r in await conn.fetch(cells_sql)] == cells
             await add_stories(conn, start, late=True)
             now = datetime.now(timezone.utc)
             day = lambda i, h=0: midnight(start + timedelta(days=i)) + timedelta(hours=h)  # noqa: E731
