@@ -369,7 +369,7 @@ async def _latency_from_rollup(conn: asyncpg.Connection, edges: tuple[datetime, 
     samples: dict[str, list[Any]] = {c: [] for c in (*CHANNELS, "total")}
     for r in await conn.fetch(
             """SELECT channel, array_send(latency_ms) AS v FROM analytics_daily
-               WHERE day >= $1 AND day < $2 AND ($3::text IS NULL OR channel IN ($3, 'all'))""",
+               WHERE day >= $1 AND day < $2 AND ($3::text IS NULL OR channel = $3)""",
             block[0].date(), block[1].date(), channel):
         values = float8_array(r["v"])
         if r["channel"] != "all":
