@@ -22,7 +22,9 @@ import anyio
 import asyncpg
 
 if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    # Run as a script, bench/ itself is first on the path, and bench/email.py would shadow the
+    # standard library's email package (pydantic imports it): the repository root instead.
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 GENERATE_SQL = [
     # customers and one closed conversation each (closed: the one-open-conversation index stays out of the way)
@@ -181,7 +183,7 @@ async def _parts(pool: Any, since: datetime, until: datetime) -> dict[str, float
         "ticket_cells: counts": lambda c: c.fetch(ticket_cohorts.COUNTS_SQL, d1, d2, d2, None),
         "ticket_cells: values": lambda c: c.fetch(ticket_cohorts.VALUES_SQL, d1, d2, None),
         "ticket_cells: staff replies after the roll-up": lambda c: c.fetch(ticket_cohorts.STAFF_LATE_SQL, until, since, until, None),
-        "latency_percentiles (array_send + numpy)": lambda c: metrics._latency_from_rollup(c, nothing, block, None),
+        "latency_percentiles (packed + numpy)": lambda c: metrics._latency_from_rollup(c, nothing, block, None),
         "agent_turns (live)": lambda c: agent_figures(c, since, until, None),
         "before: tickets_opened_cohort_live": lambda c: c.fetch(metrics.OPENED_SQL, since, until, None),
         "before: ticket_history_live": lambda c: c.fetch(metrics.HISTORY_SQL, since, until, None),

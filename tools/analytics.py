@@ -34,7 +34,8 @@ RECOMPUTE_DAYS = 2  # late data (a message received yesterday, ingested today) l
 FIRST_RUN_MAX_DAYS = 366  # the automatic job's reach back; older days: `crm-mcp analytics backfill`
 
 LATENCY_SAMPLES_SQL = """
-SELECT channel, GROUPING(channel) = 1 AS is_total, array_agg(value ORDER BY value) AS latency_ms
+SELECT channel, GROUPING(channel) = 1 AS is_total, array_agg(value ORDER BY value) AS latency_ms,
+       string_agg(float8send(value), ''::bytea ORDER BY value) AS latency_packed
 FROM agent_metrics
 WHERE metric_type = 'response_latency' AND recorded_at >= $1 AND recorded_at < $2 AND ($3::text IS NULL OR channel = $3)
 GROUP BY ROLLUP (channel)
@@ -50,8 +51,8 @@ WHERE action_type = 'refund' AND approval_status IN ('approved', 'not_required')
 UPSERT_SQL = """
 INSERT INTO analytics_daily (day, channel, conversations, messages_in, messages_out, tickets_opened, tickets_resolved,
     tickets_escalated, avg_sentiment, median_first_response_s, csat_responses, csat_satisfied, refunds_count,
-    refunds_amount, sentiment_sum, sentiment_n, latency_ms, computed_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, now())
+    refunds_amount, sentiment_sum, sentiment_n, latency_ms, latency_packed, computed_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, now())
 ON CONFLICT (day, channel) DO UPDATE SET conversations = EXCLUDED.conversations, messages_in = EXCLUDED.messages_in,
     messages_out = EXCLUDED.messages_out, tickets_opened = EXCLUDED.tickets_opened,
     tickets_resolved = EXCLUDED.tickets_resolved, tickets_escalated = EXCLUDED.tickets_escalated,
@@ -59,7 +60,7 @@ ON CONFLICT (day, channel) DO UPDATE SET conversations = EXCLUDED.conversations,
     csat_responses = EXCLUDED.csat_responses, csat_satisfied = EXCLUDED.csat_satisfied,
     refunds_count = EXCLUDED.refunds_count, refunds_amount = EXCLUDED.refunds_amount,
     sentiment_sum = EXCLUDED.sentiment_sum, sentiment_n = EXCLUDED.sentiment_n, latency_ms = EXCLUDED.latency_ms,
-    computed_at = now()
+    latency_packed = EXCLUDED.latency_packed, computed_at = now()
 """
 
 
@@ -91,7 +92,7 @@ async def compute_day(conn: asyncpg.Connection, day: date) -> None:
             n("tickets_resolved"), n("tickets_escalated"), (r["sentiment_sum"] / s_n) if s_n else None, r.get("frt_median"),
             n("csat_n"), n("csat_satisfied"), refunds["refunds_count"] if channel == "all" else 0,
             refunds["refunds_amount"] if channel == "all" else 0, float(r.get("sentiment_sum") or 0.0), s_n,
-            list(r.get("latency_ms") or [])))
+            list(r.get("latency_ms") or []), r.get("latency_packed") or b""))
     await conn.executemany(UPSERT_SQL, values)
     await ticket_cohorts.compute_cells(conn, day, since, until)
 

@@ -49,7 +49,7 @@ from crm_mcp.tools.plumbing.registry import crm_tool
 from crm_mcp.tools.tickets import fetch_ticket
 from crm_mcp.tools.agent_turns import AgentFigures, figures as agent_figures
 from crm_mcp.tools import ticket_cohorts
-from crm_mcp.tools.engines.percentiles import concat, float8_array, percentile_cont
+from crm_mcp.tools.engines.percentiles import concat, packed, percentile_cont
 
 WINDOWS: dict[str, timedelta] = {
     "1h": timedelta(hours=1),
@@ -364,14 +364,14 @@ async def compute(conn: asyncpg.Connection, since: datetime, until: datetime, ch
 async def _latency_from_rollup(conn: asyncpg.Connection, edges: tuple[datetime, ...], block: tuple[datetime, datetime],
                                channel: str | None) -> dict[str, dict[str, Any]]:
     """Median and p90 of reply latency over the roll-up's samples plus the live edges, with
-    percentile_cont's own arithmetic (tools/engines/percentiles.py). The day arrays come as
-    array_send bytes read by numpy: a year is ~450,000 values, too many to build as Python floats."""
+    percentile_cont's own arithmetic (tools/engines/percentiles.py). A year is ~450,000 values, and
+    as many again split by channel: they come packed (latency_packed), one string per channel."""
     samples: dict[str, list[Any]] = {c: [] for c in (*CHANNELS, "total")}
     for r in await conn.fetch(
-            """SELECT channel, array_send(latency_ms) AS v FROM analytics_daily
-               WHERE day >= $1 AND day < $2 AND ($3::text IS NULL OR channel = $3)""",
+            """SELECT channel, string_agg(latency_packed, ''::bytea) AS v FROM analytics_daily
+               WHERE day >= $1 AND day < $2 AND ($3::text IS NULL OR channel = $3) GROUP BY channel""",
             block[0].date(), block[1].date(), channel):
-        values = float8_array(r["v"])
+        values = packed(r["v"])
         if r["channel"] != "all":
             samples[r["channel"]].append(values)
         if r["channel"] == (channel or "all"):

@@ -38,7 +38,7 @@ from typing import Any
 
 import asyncpg
 
-from crm_mcp.tools.engines.percentiles import concat, float8_array, percentile_cont, remove
+from crm_mcp.tools.engines.percentiles import concat, packed, percentile_cont, remove
 from crm_mcp.tools.vocabulary import CHANNELS
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ WITH cand AS (
     SELECT id FROM tickets WHERE created_at >= $1 AND created_at < $2
 )
 SELECT 'opened_escalated' AS kind, t.source_channel AS channel, (t.created_at AT TIME ZONE 'UTC')::date AS d1,
-       NULL::date AS d2, count(*)::int AS n, NULL::float8[] AS vals
+       NULL::date AS d2, count(*)::int AS n, NULL::bytea AS vals
 FROM cand JOIN tickets t ON t.id = cand.id,
      LATERAL (SELECT min(e.created_at) AS first_at FROM ticket_events e WHERE e.ticket_id = t.id AND e.{ESCALATION}) f
 WHERE f.first_at IS NOT NULL AND greatest(f.first_at, t.created_at) >= $1 AND greatest(f.first_at, t.created_at) < $2
@@ -71,11 +71,11 @@ WITH r AS (
       AND greatest(first_response_at, created_at) >= $1 AND greatest(first_response_at, created_at) < $2
       AND first_response_at IS NOT NULL
 )
-SELECT 'first_response', source_channel, opened, NULL::date, count(*)::int, array_agg(v ORDER BY v)
+SELECT 'first_response', source_channel, opened, NULL::date, count(*)::int, string_agg(float8send(v), ''::bytea ORDER BY v)
 FROM r GROUP BY source_channel, opened
 """,
     f"""
-SELECT 'escalated', t.source_channel, p.prev, NULL::date, count(*)::int, NULL::float8[]
+SELECT 'escalated', t.source_channel, p.prev, NULL::date, count(*)::int, NULL::bytea
 FROM (SELECT DISTINCT ticket_id FROM ticket_events WHERE {ESCALATION} AND created_at >= $1 AND created_at < $2) e
 JOIN tickets t ON t.id = e.ticket_id,
 LATERAL (SELECT (max(x.created_at) AT TIME ZONE 'UTC')::date AS prev FROM ticket_events x
@@ -95,11 +95,11 @@ WITH r AS (
     LATERAL (SELECT max(q.created_at) AS prev_at FROM ticket_events q
              WHERE q.ticket_id = r.ticket_id AND q.{RESOLUTION} AND q.created_at < $1) p
 )
-SELECT 'resolved', channel, prev, NULL::date, count(*)::int, array_agg(v ORDER BY v) FROM x GROUP BY channel, prev
+SELECT 'resolved', channel, prev, NULL::date, count(*)::int, string_agg(float8send(v), ''::bytea ORDER BY v) FROM x GROUP BY channel, prev
 UNION ALL
-SELECT 'resolved_conv', channel, prev, NULL::date, count(*)::int, NULL::float8[] FROM x WHERE has_conv GROUP BY channel, prev
+SELECT 'resolved_conv', channel, prev, NULL::date, count(*)::int, NULL::bytea FROM x WHERE has_conv GROUP BY channel, prev
 UNION ALL
-SELECT 'superseded', channel, prev, NULL::date, count(*)::int, array_agg(prev_v ORDER BY prev_v)
+SELECT 'superseded', channel, prev, NULL::date, count(*)::int, string_agg(float8send(prev_v), ''::bytea ORDER BY prev_v)
 FROM x WHERE prev IS NOT NULL GROUP BY channel, prev
 """,
     f"""
@@ -121,7 +121,7 @@ WITH resolved_today AS (
 ), pairs AS (
     SELECT ticket_id, d, lag(d) OVER (PARTITION BY ticket_id ORDER BY d) AS prev FROM days
 )
-SELECT 'human_resolved', t.source_channel, p.d, p.prev, count(*)::int, NULL::float8[]
+SELECT 'human_resolved', t.source_channel, p.d, p.prev, count(*)::int, NULL::bytea
 FROM pairs p JOIN tickets t ON t.id = p.ticket_id
 WHERE (p.d = $3 AND p.ticket_id IN (SELECT ticket_id FROM resolved_today))
    OR (p.d < $3 AND p.ticket_id IN (SELECT id FROM earlier))
@@ -161,9 +161,10 @@ GROUP BY channel
 """
 
 VALUES_SQL = """
-SELECT channel, kind, array_send(vals) AS vals FROM analytics_ticket_cells
+SELECT channel, kind, string_agg(vals, ''::bytea) AS vals FROM analytics_ticket_cells
 WHERE day >= $1 AND day < $2 AND ($3::text IS NULL OR channel = $3)
   AND (kind = 'resolved' OR (kind IN ('first_response', 'superseded') AND d1 >= $1))
+GROUP BY channel, kind
 """
 
 # The end of the unbroken run of rolled-up days that starts at $1 (NULL: $1 is not rolled up).
@@ -274,7 +275,7 @@ async def figures(conn: asyncpg.Connection, since: datetime, until: datetime, bl
         c["ai_resolved"] += int(r["resolved_conv"] or 0) - int(r["human_resolved"] or 0)
     for r in await conn.fetch(VALUES_SQL, da, db, channel):
         ch = per[r["channel"]]
-        {"first_response": ch.frt, "resolved": ch.res, "superseded": ch.res_removed}[r["kind"]].append(float8_array(r["vals"]))
+        {"first_response": ch.frt, "resolved": ch.res, "superseded": ch.res_removed}[r["kind"]].append(packed(r["vals"]))
     for r in await conn.fetch(STAFF_LATE_SQL, run_end, a, b, channel):
         per[r["channel"]].counts["ai_resolved"] -= int(r["n"])
 
