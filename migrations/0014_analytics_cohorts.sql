@@ -25,8 +25,9 @@ CREATE TABLE analytics_ticket_cells (
 );
 CREATE INDEX analytics_ticket_cells_day_idx ON analytics_ticket_cells (day, kind);
 
--- The day's reply latencies, packed likewise (latency_ms keeps them as an array for reports). Not
--- compressed: random doubles do not compress, and reading skips the attempt.
+-- The day's reply latencies, packed likewise (latency_ms keeps them as an array for reports); on
+-- the 'all' row, only those recorded with no channel, so that a total (the channels' plus these)
+-- reads each value once. Not compressed: random doubles do not compress; reading skips the attempt.
 ALTER TABLE analytics_daily ADD COLUMN latency_packed bytea NOT NULL DEFAULT '';
 ALTER TABLE analytics_daily ALTER COLUMN latency_packed SET STORAGE EXTERNAL;
 

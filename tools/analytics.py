@@ -77,11 +77,17 @@ async def compute_day(conn: asyncpg.Connection, day: date) -> None:
     """Replace the day's rows ('all' and one per channel, zeros included) from the live tables."""
     since, until = day_bounds(day)
     rows: dict[str, dict[str, Any]] = {c: {} for c in ("all", *CHANNELS)}
+    unattributed = b""
     for sql in (CONVERSATIONS_SQL, MESSAGES_SQL, FEEDBACK_SQL, OPENED_SQL, HISTORY_SQL, LATENCY_SAMPLES_SQL):
         for r in await conn.fetch(sql, since, until, None):
             key = "all" if r["is_total"] else r["channel"]
             if key in rows:
                 rows[key].update({k: v for k, v in r.items() if k not in ("channel", "is_total")})
+            elif "latency_packed" in r:
+                unattributed = r["latency_packed"]
+    # The 'all' row's packed latencies are those of no channel: a total is the channels' plus these,
+    # so a range reads each sample once (migration 0014).
+    rows["all"]["latency_packed"] = unattributed
     refunds = await conn.fetchrow(REFUNDS_SQL, since, until)
     values = []
     for channel, r in rows.items():

@@ -364,18 +364,17 @@ async def compute(conn: asyncpg.Connection, since: datetime, until: datetime, ch
 async def _latency_from_rollup(conn: asyncpg.Connection, edges: tuple[datetime, ...], block: tuple[datetime, datetime],
                                channel: str | None) -> dict[str, dict[str, Any]]:
     """Median and p90 of reply latency over the roll-up's samples plus the live edges, with
-    percentile_cont's own arithmetic (tools/engines/percentiles.py). A year is ~450,000 values, and
-    as many again split by channel: they come packed (latency_packed), one string per channel."""
+    percentile_cont's own arithmetic (tools/engines/percentiles.py). A year is ~450,000 values: they
+    come packed (latency_packed), one string per channel and one of the samples of no channel."""
     samples: dict[str, list[Any]] = {c: [] for c in (*CHANNELS, "total")}
     for r in await conn.fetch(
             """SELECT channel, string_agg(latency_packed, ''::bytea) AS v FROM analytics_daily
                WHERE day >= $1 AND day < $2 AND ($3::text IS NULL OR channel = $3) GROUP BY channel""",
             block[0].date(), block[1].date(), channel):
         values = packed(r["v"])
-        if r["channel"] != "all":
+        if r["channel"] != "all":  # 'all': the samples of no channel, in the total only
             samples[r["channel"]].append(values)
-        if r["channel"] == (channel or "all"):
-            samples["total"].append(values)
+        samples["total"].append(values)
     live = await conn.fetch(
         """SELECT channel, array_agg(value) AS v FROM agent_metrics
            WHERE metric_type = 'response_latency' AND ($3::text IS NULL OR channel = $3)
