@@ -1,6 +1,7 @@
-"""The ticket figures of get_metrics for a run of whole past days, from count cells and sorted
-values the daily roll-up keeps (analytics_ticket_cells, migration 0014), with the definitions of
-tools/metrics.py's OPENED_SQL and HISTORY_SQL exactly.
+"""The ticket figures of get_metrics for a run of whole past days, from count cells and the values
+percentiles need, which the daily roll-up keeps (analytics_ticket_cells, migration 0014; values
+sorted and packed by float8send), with the definitions of tools/metrics.py's OPENED_SQL and
+HISTORY_SQL exactly.
 
 Those definitions are cohorts of the whole period, so no day holds a figure. A range [A, B) of
 whole days (and the live ends of a period around it) is answered from cells that record the days
