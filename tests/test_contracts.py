@@ -206,6 +206,7 @@ MIRRORED: dict[tuple[str, str], tuple[str, ...]] = {
     ("knowledge_base", "category"): get_args(v.KbCategory),
     ("feedback", "channel"): get_args(v.Channel),
     ("analytics_daily", "channel"): ("all", *get_args(v.Channel)),  # 'all' is the per-day total row
+    ("analytics_ticket_cells", "channel"): get_args(v.Channel),
     ("agent_turns", "decision"): get_args(v.AgentDecision),
     ("api_tokens", "role"): ROLES,  # server/roles.py: the access policy's roles
 }
@@ -214,6 +215,7 @@ NOT_MIRRORED = {
     ("conversations", "resolution_type"), ("ticket_events", "kind"), ("messages", "content_type"),
     ("agent_metrics", "metric_type"), ("orders", "status"), ("agent_actions", "action_type"),
     ("agent_actions", "approval_status"), ("agent_actions", "result"), ("customer_preferences", "learned_from"),
+    ("analytics_ticket_cells", "kind"),  # tools/ticket_cohorts.py
 }
 ENUM_CHECKS_SQL = """
 SELECT c.relname AS table_name, a.attname AS column_name, pg_get_constraintdef(k.oid) AS definition

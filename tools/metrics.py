@@ -2,10 +2,10 @@
 record_feedback (a customer's 1-5 rating of a reply or of a ticket's handling).
 
 Figures are computed from the live tables at call time (messages, conversations, tickets,
-ticket_events, feedback, agent_metrics), except that whole past days already rolled up into
-analytics_daily (tools/analytics.py, with these same queries) are read from the roll-up for the
-figures that add up by day; the result is the same either way (tests/test_analytics.py). A period
-is half-open: since <= t < until.
+ticket_events, feedback, agent_metrics), except that whole past days already rolled up
+(tools/analytics.py, with these same queries) are read from the roll-up: analytics_daily for the
+figures that add up by day, analytics_ticket_cells for the ticket cohorts (tools/ticket_cohorts.py);
+the result is the same either way (tests/test_analytics.py). A period is half-open: since <= t < until.
 
 Definitions (channel = the conversation's initial channel, the message's channel, the ticket's
 source channel, the metric's channel or the rated message's / ticket's channel):
@@ -48,6 +48,8 @@ from crm_mcp.tools.plumbing.params import MessageId, Text, TicketNumber
 from crm_mcp.tools.plumbing.registry import crm_tool
 from crm_mcp.tools.tickets import fetch_ticket
 from crm_mcp.tools.agent_turns import AgentFigures, figures as agent_figures
+from crm_mcp.tools import ticket_cohorts
+from crm_mcp.tools.engines.percentiles import concat, packed, percentile_cont
 
 WINDOWS: dict[str, timedelta] = {
     "1h": timedelta(hours=1),
@@ -214,7 +216,8 @@ GROUP BY ROLLUP (channel)
 """
 
 # Figures that add up day by day (summed over the roll-up and the live edges of a period) and the
-# ticket cohorts of the whole period (always live: tickets opened in it, escalated by its end...).
+# ticket cohorts of the whole period (tickets opened in it, escalated by its end...: live, or from
+# the roll-up's cells by tools/ticket_cohorts.py).
 ADDITIVE_QUERIES = (CONVERSATIONS_SQL, MESSAGES_SQL, FEEDBACK_SQL)
 COHORT_QUERIES = (OPENED_SQL, HISTORY_SQL)
 
@@ -312,10 +315,11 @@ async def compute(conn: asyncpg.Connection, since: datetime, until: datetime, ch
     """The figures of get_metrics for [since, until); also used by the metrics resource and the
     daily_report prompt, so every surface reports the same definitions.
 
-    Whole past UTC days already in analytics_daily (tools/analytics.py) are read from it for the
-    figures that add up day by day (conversations, messages, sentiment sums, CSAT, latency samples);
-    the partial days at either end, today, and the ticket cohorts are computed live. use_rollup=False
-    computes everything live (the reference the roll-up is tested against)."""
+    Whole past UTC days already rolled up (tools/analytics.py) are read from analytics_daily for
+    the figures that add up day by day (conversations, messages, sentiment sums, CSAT, latency
+    samples) and from its ticket cells for the ticket cohorts (tools/ticket_cohorts.py); the partial
+    days at either end and today are computed live. use_rollup=False computes everything live (the
+    reference the roll-up is tested against)."""
     merged: dict[str, dict[str, Any]] = {c: {} for c in (*CHANNELS, "total")}
     block = await _rollup_block(conn, since, until) if use_rollup else None
     edges = [(since, until)] if block is None else [(a, b) for a, b in ((since, block[0]), (block[1], until)) if a < b]
@@ -333,11 +337,16 @@ async def compute(conn: asyncpg.Connection, since: datetime, until: datetime, ch
             add(await conn.fetch(sql, a, b, channel))
     if block is not None:
         add(await conn.fetch(ROLLUP_SQL, block[0].date(), block[1].date(), channel))
-    for sql in COHORT_QUERIES:
-        for row in await conn.fetch(sql, since, until, channel):
-            key = "total" if row["is_total"] else row["channel"]
-            if key in merged:
-                merged[key].update({k: v for k, v in row.items() if k not in ("channel", "is_total")})
+    tickets = await ticket_cohorts.figures(conn, since, until, block, channel) if block is not None else None
+    if tickets is not None:
+        for key, figures in tickets.items():
+            merged[key].update(figures)
+    else:
+        for sql in COHORT_QUERIES:
+            for row in await conn.fetch(sql, since, until, channel):
+                key = "total" if row["is_total"] else row["channel"]
+                if key in merged:
+                    merged[key].update({k: v for k, v in row.items() if k not in ("channel", "is_total")})
     (a1, b1), (a2, b2) = (edges + [(since, since)] * 2)[:2]
     if block is None:
         for row in await conn.fetch(LATENCY_RANGE_SQL, a1, b1, channel, a2, b2, date.min, date.min):
@@ -354,19 +363,18 @@ async def compute(conn: asyncpg.Connection, since: datetime, until: datetime, ch
 
 async def _latency_from_rollup(conn: asyncpg.Connection, edges: tuple[datetime, ...], block: tuple[datetime, datetime],
                                channel: str | None) -> dict[str, dict[str, Any]]:
-    """Median and p90 of reply latency over the roll-up's samples plus the live edges, with numpy's
-    'linear' percentile: percentile_cont's own rule (value at rank p * (n - 1), interpolated), without
-    PostgreSQL unnesting and sorting a year of samples row by row."""
-    import numpy as np
-
+    """Median and p90 of reply latency over the roll-up's samples plus the live edges, with
+    percentile_cont's own arithmetic (tools/engines/percentiles.py). A year is ~450,000 values: they
+    come packed (latency_packed), one string per channel and one of the samples of no channel."""
     samples: dict[str, list[Any]] = {c: [] for c in (*CHANNELS, "total")}
     for r in await conn.fetch(
-            "SELECT channel, latency_ms FROM analytics_daily WHERE day >= $1 AND day < $2 AND ($3::text IS NULL OR channel IN ($3, 'all'))",
+            """SELECT channel, string_agg(latency_packed, ''::bytea) AS v FROM analytics_daily
+               WHERE day >= $1 AND day < $2 AND ($3::text IS NULL OR channel = $3) GROUP BY channel""",
             block[0].date(), block[1].date(), channel):
-        if r["channel"] != "all":
-            samples[r["channel"]].append(r["latency_ms"])
-        if r["channel"] == (channel or "all"):
-            samples["total"].append(r["latency_ms"])
+        values = packed(r["v"])
+        if r["channel"] != "all":  # 'all': the samples of no channel, in the total only
+            samples[r["channel"]].append(values)
+        samples["total"].append(values)
     live = await conn.fetch(
         """SELECT channel, array_agg(value) AS v FROM agent_metrics
            WHERE metric_type = 'response_latency' AND ($3::text IS NULL OR channel = $3)
@@ -378,12 +386,9 @@ async def _latency_from_rollup(conn: asyncpg.Connection, edges: tuple[datetime, 
         samples["total"].append(r["v"])
     out: dict[str, dict[str, Any]] = {}
     for key, arrays in samples.items():
-        values = np.concatenate([np.asarray(a, dtype=np.float64) for a in arrays]) if arrays else np.empty(0)
-        if values.size:
-            median, p90 = np.percentile(values, [50, 90], method="linear")
-            out[key] = {"lat_n": int(values.size), "lat_median": float(median), "lat_p90": float(p90)}
-        else:
-            out[key] = {"lat_n": 0, "lat_median": None, "lat_p90": None}
+        values = concat(arrays)
+        median, p90 = percentile_cont(values, (0.5, 0.9))
+        out[key] = {"lat_n": int(values.size), "lat_median": median, "lat_p90": p90}
     return out
 
 
