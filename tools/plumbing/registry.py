@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import random
 import typing
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -73,7 +74,15 @@ class ToolSpec:
             raise InvalidArguments(format_validation_error(self.name, exc)) from None
         try:
             async with within_deadline(crm):
-                return await self.handler(crm, args)
+                for attempt in range(1, TRANSIENT_ATTEMPTS + 1):
+                    try:
+                        return await self.handler(crm, args)
+                    except TRANSIENT as exc:
+                        if attempt == TRANSIENT_ATTEMPTS:
+                            raise
+                        log.info("tool %s: %s, running it again (attempt %d)", self.name, type(exc).__name__, attempt + 1)
+                        await anyio.sleep(random.uniform(0.005, 0.05) * attempt)
+                raise AssertionError("unreachable")
         except ToolError:
             raise
         except asyncpg.QueryCanceledError:
@@ -176,6 +185,13 @@ def format_validation_error(tool: str, exc: ValidationError) -> str:
         parts.append(f"`{loc}`: {msg}")
     return f"Invalid arguments for {tool}: " + "; ".join(parts[:8]) + ". Nothing was changed."
 
+
+# PostgreSQL breaks a deadlock (or a serialization conflict) by aborting one of the transactions
+# involved; the aborted one changed nothing, and every tool handler is one write transaction, so
+# running the call again is what any client would do: the server does it, a few times, before the
+# caller sees "busy" (seen once in the email bridge's test under load: send_response aborted).
+TRANSIENT = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
+TRANSIENT_ATTEMPTS = 3
 
 _RETRYABLE = (
     OSError,
