@@ -49,12 +49,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_admin_parsers(sub, _common)  # token create/list/revoke, audit (server/admin_cli.py)
 
-    up = sub.add_parser("up", help="run the whole desk: MCP HTTP server and web form, supervised (Ctrl-C stops all)")
+    up = sub.add_parser("up", help="run the whole desk: MCP HTTP server, web form, agent and configured bridges, supervised (Ctrl-C stops all)")
     _common(up)
     up.add_argument("--demo", action="store_true", help="load the demo data set first")
     up.add_argument("--host", help="address every component binds (loopback; default 127.0.0.1)")
     up.add_argument("--port", type=int, help="MCP HTTP port (default 8000)")
     up.add_argument("--webform-port", type=int, default=8080, help="web form port (default 8080)")
+    up.add_argument("--whatsapp-port", type=int, default=8090,
+                    help="WhatsApp bridge port, started when TWILIO_* or META_* settings are present (default 8090)")
+    up.add_argument("--email-port", type=int, default=8025,
+                    help="email bridge port, started when CRM_SUPPORT_ADDRESS is set (default 8025)")
 
     mig = sub.add_parser("migrate", help="apply pending database migrations")
     _common(mig)
@@ -306,7 +310,8 @@ def main(argv: list[str] | None = None) -> None:
         elif ns.command == "up":
             from .up import run_up
 
-            anyio.run(functools.partial(run_up, settings, demo=ns.demo, webform_port=ns.webform_port))
+            anyio.run(functools.partial(run_up, settings, demo=ns.demo, webform_port=ns.webform_port,
+                                        bridge_ports={"whatsapp": ns.whatsapp_port, "email": ns.email_port}))
         elif ns.command == "bridge" and ns.bridge_command == "whatsapp":
             _bridge_whatsapp(ns, settings)
         elif ns.command == "bridge" and ns.bridge_command == "email":

@@ -18,7 +18,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import anyio
@@ -48,7 +48,34 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "crm_mcp.server.cli", *args]
 
 
-def plan(settings: Settings, *, webform_port: int, tokens: dict[str, str]) -> list[Component]:
+def channel_bridges(env: Mapping[str, str], host: str, ports: Mapping[str, int]) -> tuple[list[str], list[str]]:
+    """The bridges beyond the web form whose settings are present (WhatsApp: TWILIO_* or META_*;
+    email: CRM_SUPPORT_ADDRESS), checked the way each bridge checks them at start; and one line for
+    each whose settings are present but wrong, which is not started (it would only exit and be
+    restarted forever)."""
+    on: list[str] = []
+    wrong: list[str] = []
+    if any(k.startswith(("TWILIO_", "META_")) for k in env):
+        from crm_mcp.channel_bridges.whatsapp import config
+
+        try:
+            config.load(env, default_public_url=f"http://{host}:{ports['whatsapp']}")
+            on.append("whatsapp")
+        except config.ConfigError as exc:
+            wrong.append(f"whatsapp not started: {exc}")
+    if env.get("CRM_SUPPORT_ADDRESS"):
+        from crm_mcp.channel_bridges.email.serve import EmailConfigError, EmailSettings
+
+        try:
+            EmailSettings.from_env(env)
+            on.append("email")
+        except EmailConfigError as exc:
+            wrong.append(f"email not started: {exc}")
+    return on, wrong
+
+
+def plan(settings: Settings, *, webform_port: int, tokens: dict[str, str], bridges: Sequence[str] = (),
+         ports: Mapping[str, int] | None = None) -> list[Component]:
     host, port = settings.host, settings.port
     mcp_url = f"http://{host}:{port}/mcp"
     components = [
@@ -60,14 +87,19 @@ def plan(settings: Settings, *, webform_port: int, tokens: dict[str, str]) -> li
         Component("agent", _cli("agent"), mcp_url, None,
                   env={"CRM_SERVER_URL": mcp_url, "CRM_TOKEN": tokens["agent"]}),
     ]
+    for name in bridges:
+        p = (ports or BRIDGE_PORTS)[name]
+        components.append(Component(name, _cli("bridge", name, "--host", host, "--port", str(p)), f"http://{host}:{p}/",
+                                    f"http://{host}:{p}/healthz", env={"CRM_SERVER_URL": mcp_url, "CRM_TOKEN": tokens[name]}))
     return components
 
 
 # The role each component's token gets: the least that component needs.
-TOKEN_ROLES = {"webform": "bridge", "agent": "agent"}
+TOKEN_ROLES = {"webform": "bridge", "agent": "agent", "whatsapp": "bridge", "email": "bridge"}
+BRIDGE_PORTS = {"whatsapp": 8090, "email": 8025}  # each bridge's own default
 
 
-async def mint_tokens(dsn: str) -> dict[str, str]:
+async def mint_tokens(dsn: str, names: list[str]) -> dict[str, str]:
     """One token per component (role from TOKEN_ROLES), named so `crm-mcp token list` shows where it came from."""
     from .auth import create_token
     from .db import connect_once
@@ -75,7 +107,7 @@ async def mint_tokens(dsn: str) -> dict[str, str]:
     conn = await connect_once(dsn)
     try:
         stamp = f"{time.strftime('%Y%m%d%H%M%S')}-{secrets.token_hex(3)}"
-        return {n: await create_token(conn, f"up-{n}-{stamp}", role) for n, role in TOKEN_ROLES.items()}
+        return {n: await create_token(conn, f"up-{n}-{stamp}", TOKEN_ROLES[n]) for n in names}
     finally:
         await conn.close()
 
@@ -141,9 +173,14 @@ async def _stop(proc: anyio.abc.Process) -> None:
     await proc.wait()
 
 
-async def run_up(settings: Settings, *, demo: bool, webform_port: int) -> None:
+async def run_up(settings: Settings, *, demo: bool, webform_port: int, bridge_ports: Mapping[str, int] | None = None) -> None:
     def say(line: str) -> None:
         print(f"crm-mcp up: {line}", flush=True)
+
+    ports = {**BRIDGE_PORTS, **(bridge_ports or {})}
+    bridges, wrong = channel_bridges(os.environ, settings.host, ports)
+    for line in wrong:
+        say(line)
 
     from .app import open_crm, prepare_database
 
@@ -153,8 +190,8 @@ async def run_up(settings: Settings, *, demo: bool, webform_port: int) -> None:
         async with open_crm(settings, background=False) as crm:
             await load_demo(crm)
     dsn = await prepare_database(settings)  # once: migrations applied, the embedded server joined
-    tokens = await mint_tokens(dsn)
-    components = plan(settings, webform_port=webform_port, tokens=tokens)
+    tokens = await mint_tokens(dsn, ["webform", "agent", *bridges])
+    components = plan(settings, webform_port=webform_port, tokens=tokens, bridges=bridges, ports=ports)
     say("starting " + ", ".join(c.name for c in components) + "; Ctrl-C stops everything")
     try:
         async with anyio.create_task_group() as tg:

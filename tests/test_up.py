@@ -106,3 +106,46 @@ async def test_up_runs_the_desk_restarts_a_dead_component_and_stops_cleanly(db_d
     assert tokens and all(t["role"] == ("agent" if t["name"].startswith("up-agent-") else "bridge")
                           and t["revoked_at"] is not None for t in tokens), tokens
     assert {t["role"] for t in tokens} == {"bridge", "agent"}, tokens
+
+
+async def test_up_starts_the_bridges_whose_settings_are_present(db_dsn: str) -> None:
+    """WhatsApp settings present: `up` runs the WhatsApp bridge with a token of its own (Meta's
+    verification handshake answers through it). Email settings present but wrong: one line says
+    why it was not started, instead of a bridge that exits and restarts forever."""
+    port, wf_port, wa_port, em_port = free_port(), free_port(), free_port(), free_port()
+    env = server_env(db_dsn, CRM_WEBFORM_SECRET=SECRET, CRM_LOG_LEVEL="WARNING",
+                     META_APP_SECRET="app-secret-0123456789", META_VERIFY_TOKEN="verify-me", META_ACCESS_TOKEN="meta-access",
+                     META_PHONE_NUMBER_ID="1234567890", META_GRAPH_BASE="http://127.0.0.1:9",
+                     CRM_SUPPORT_ADDRESS="not-an-address")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "crm_mcp.server.cli", "up", "--port", str(port), "--webform-port", str(wf_port),
+         "--whatsapp-port", str(wa_port), "--email-port", str(em_port)],
+        env=env, cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    lines: list[str] = []
+    try:
+        urls: dict[str, str] = {}
+        _read_until(proc, urls, {"mcp-server", "webform", "whatsapp"}, 120, lines)
+        assert urls["whatsapp"] == f"http://127.0.0.1:{wa_port}/"
+        assert any("email not started: CRM_SUPPORT_ADDRESS='not-an-address'" in ln for ln in lines), lines
+        assert not _children_matching(f"--port {em_port}")
+        with httpx.Client(timeout=30) as client:
+            meta = f"http://127.0.0.1:{wa_port}/meta"
+            ok = client.get(meta, params={"hub.mode": "subscribe", "hub.verify_token": "verify-me", "hub.challenge": "4711"})
+            assert ok.status_code == 200 and ok.text == "4711"
+            assert client.get(meta, params={"hub.mode": "subscribe", "hub.verify_token": "wrong", "hub.challenge": "1"}).status_code == 403
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, lines
+    assert not _children_matching(f"--port {wa_port}"), "the WhatsApp bridge was left running"
+    conn = await asyncpg.connect(db_dsn)
+    try:
+        [wa] = await conn.fetch("SELECT role, revoked_at FROM api_tokens WHERE name LIKE 'up-whatsapp-%'")
+        assert not await conn.fetchval("SELECT count(*) FROM api_tokens WHERE name LIKE 'up-email-%'")
+    finally:
+        await conn.close()
+    assert wa["role"] == "bridge" and wa["revoked_at"] is not None
