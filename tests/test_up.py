@@ -48,12 +48,25 @@ def _read_until(proc: subprocess.Popen, want: dict[str, str], names: set[str], t
             want[m.group(1)] = m.group(2)
 
 
+def _up(env: dict[str, str], *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "crm_mcp.server.cli", "up", *args], env=env, cwd=str(REPO),
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Ctrl-C, as a person stops the desk; the whole group is killed only if up does not stop in time."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
 async def test_up_runs_the_desk_restarts_a_dead_component_and_stops_cleanly(db_dsn: str) -> None:
     port, wf_port = free_port(), free_port()
     env = server_env(db_dsn, CRM_WEBFORM_SECRET=SECRET, CRM_LOG_LEVEL="WARNING")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "crm_mcp.server.cli", "up", "--port", str(port), "--webform-port", str(wf_port)],
-        env=env, cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    proc = _up(env, "--port", str(port), "--webform-port", str(wf_port))
     lines: list[str] = []
     try:
         urls: dict[str, str] = {}
@@ -89,12 +102,7 @@ async def test_up_runs_the_desk_restarts_a_dead_component_and_stops_cleanly(db_d
             assert any("restart 1" in ln for ln in lines[-3:]), lines
             assert browser.get(f"{base}/healthz").status_code == 200
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
+        _stop(proc)
     assert proc.returncode == 0, lines
     assert not _children_matching(f"--port {wf_port}") and not _children_matching(f"--port {port}"), "children left running"
     conn = await asyncpg.connect(db_dsn)
@@ -117,10 +125,8 @@ async def test_up_starts_the_bridges_whose_settings_are_present(db_dsn: str) -> 
                      META_APP_SECRET="app-secret-0123456789", META_VERIFY_TOKEN="verify-me", META_ACCESS_TOKEN="meta-access",
                      META_PHONE_NUMBER_ID="1234567890", META_GRAPH_BASE="http://127.0.0.1:9",
                      CRM_SUPPORT_ADDRESS="not-an-address")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "crm_mcp.server.cli", "up", "--port", str(port), "--webform-port", str(wf_port),
-         "--whatsapp-port", str(wa_port), "--email-port", str(em_port)],
-        env=env, cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    proc = _up(env, "--port", str(port), "--webform-port", str(wf_port), "--whatsapp-port", str(wa_port),
+               "--email-port", str(em_port))
     lines: list[str] = []
     try:
         urls: dict[str, str] = {}
@@ -134,12 +140,7 @@ async def test_up_starts_the_bridges_whose_settings_are_present(db_dsn: str) -> 
             assert ok.status_code == 200 and ok.text == "4711"
             assert client.get(meta, params={"hub.mode": "subscribe", "hub.verify_token": "wrong", "hub.challenge": "1"}).status_code == 403
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
+        _stop(proc)
     assert proc.returncode == 0, lines
     assert not _children_matching(f"--port {wa_port}"), "the WhatsApp bridge was left running"
     conn = await asyncpg.connect(db_dsn)
