@@ -212,6 +212,20 @@ def answer_problem(body: str, channel: str, context: str) -> tuple[str, bool] | 
     return None
 
 
+def _vet_answer(draft: str, looked_up: bool, channel: str, context: str) -> str | None:
+    """The checks every answer passes before it is sent, whether the model wrote it as its reply or
+    through send_response: None when it may go; why not when the model may correct it; an
+    escalation when it may not (no knowledge base lookup, or a problem no rewrite fixes)."""
+    if not looked_up:
+        raise _Escalation("escalated_no_answer", "Agent's model answered without consulting the knowledge base; needs a person")
+    problem = answer_problem(draft, channel, context)
+    if problem is None:
+        return None
+    if not problem[1]:
+        raise _Escalation("escalated_rule", f"Agent withheld its answer: {problem[0]}; needs a person")
+    return problem[0]
+
+
 def retry_after(exc: openai.APIStatusError) -> float | None:
     headers = exc.response.headers
     if ms := headers.get("retry-after-ms"):
@@ -302,16 +316,11 @@ class LlmBrain:
                 text = (msg.content or "").strip()
                 if not text:
                     raise ModelFailure("the model returned neither an answer nor a tool call")
-                if not looked_up:
-                    raise _Escalation("escalated_no_answer",
-                                      "Agent's model answered without consulting the knowledge base; needs a person")
-                problem = answer_problem(text, channel, context)
-                if problem is None:
+                why = _vet_answer(text, looked_up, channel, context)
+                if why is None:
                     return text
-                if not problem[1]:
-                    raise _Escalation("escalated_rule", f"Agent withheld its answer: {problem[0]}; needs a person")
                 messages.append({"role": "assistant", "content": text})
-                messages.append({"role": "user", "content": f"(From the agent, not the customer.) Not sent: {problem[0]}. "
+                messages.append({"role": "user", "content": f"(From the agent, not the customer.) Not sent: {why}. "
                                                             "Write a shorter answer."})
                 continue
             # llama.cpp's server answers HTTP 500 to an assistant tool-call message whose content is null.
@@ -338,15 +347,10 @@ class LlmBrain:
                     body = args.get("body")
                     if not isinstance(body, str):
                         raise ModelFailure("the model sent malformed arguments for send_response")
-                    if not looked_up:
-                        raise _Escalation("escalated_no_answer",
-                                          "Agent's model answered without consulting the knowledge base; needs a person")
-                    problem = answer_problem(body, channel, context)
-                    if problem is None:
+                    why = _vet_answer(body, looked_up, channel, context)
+                    if why is None:
                         return body.strip()
-                    if not problem[1]:
-                        raise _Escalation("escalated_rule", f"Agent withheld its answer: {problem[0]}; needs a person")
-                    result = f"Not sent: {problem[0]}. Call send_response again with a corrected answer."
+                    result = f"Not sent: {why}. Call send_response again with a corrected answer."
                 elif name == "escalate_to_human":
                     why = str(args.get("reason") or "").strip() or "no reason given"
                     raise _Escalation("escalated_no_answer", f"Agent's model asked for a person: {why}", from_model=True)

@@ -89,11 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     bridge = sub.add_parser("bridge", help="run a channel bridge (an MCP client of this CRM)")
     bridgesub = bridge.add_subparsers(dest="bridge_command", required=True)
     wf = bridgesub.add_parser("webform", help="the support web form and its status pages")
-    wf.add_argument("--port", type=int, default=8080, help="HTTP port of the form (default 8080)")
-    wf.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    wf.add_argument("--server", help="CRM MCP endpoint, e.g. http://127.0.0.1:8000/mcp (env CRM_SERVER_URL); "
-                    "default: start `crm-mcp serve` over stdio on the local data directory")
-    wf.add_argument("--token", help="bearer token with the bridge role (env CRM_TOKEN)")
+    _bridge_args(wf, 8080, "HTTP port of the form (default 8080)")
     wf.add_argument("--refresh", type=int, default=10, help="seconds between status page refreshes (default 10)")
     _whatsapp_parser(bridgesub)
     _email_bridge_parser(bridgesub)
@@ -134,13 +130,18 @@ WHATSAPP_SETTINGS = {
 }
 
 
+def _bridge_args(p: argparse.ArgumentParser, port: int, port_help: str) -> None:
+    """Where a channel bridge listens and how it reaches the CRM: the same four options for each."""
+    p.add_argument("--port", type=int, default=port, help=port_help)
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    p.add_argument("--server", help="CRM MCP endpoint, e.g. http://127.0.0.1:8000/mcp (env CRM_SERVER_URL); "
+                   "default: start `crm-mcp serve` over stdio on the local data directory")
+    p.add_argument("--token", help="bearer token with the bridge role (env CRM_TOKEN)")
+
+
 def _whatsapp_parser(bridgesub: Any) -> None:
     wa = bridgesub.add_parser("whatsapp", help="WhatsApp through Twilio and/or the Meta Cloud API (webhooks and replies)")
-    wa.add_argument("--port", type=int, default=8090, help="HTTP port of the webhooks (default 8090)")
-    wa.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    wa.add_argument("--server", help="CRM MCP endpoint, e.g. http://127.0.0.1:8000/mcp (env CRM_SERVER_URL); "
-                    "default: start `crm-mcp serve` over stdio on the local data directory")
-    wa.add_argument("--token", help="bearer token with the bridge role (env CRM_TOKEN)")
+    _bridge_args(wa, 8090, "HTTP port of the webhooks (default 8090)")
     wa.add_argument("--public-url", dest="wa_public_url", metavar="URL",
                     help="this bridge's external base URL, which signatures are computed over (env CRM_PUBLIC_URL; default http://HOST:PORT)")
     wa.add_argument("--lease-s", type=float, default=60.0, help="seconds a claimed reply is held before another claim may send it (default 60)")
@@ -169,11 +170,7 @@ def _email_bridge_parser(bridgesub: Any) -> None:
         description="Settings come from the environment: CRM_SUPPORT_ADDRESS, then CRM_IMAP_* and CRM_SMTP_* "
                     "(IMAP/SMTP) or GMAIL_* (Gmail API); see README 'Email bridge'.")
     em.add_argument("--backend", choices=["imap", "gmail"], help="env CRM_EMAIL_BACKEND (default: imap unless only Gmail is configured)")
-    em.add_argument("--port", type=int, default=8025, help="HTTP port for /healthz and the Gmail push endpoint (default 8025)")
-    em.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    em.add_argument("--server", help="CRM MCP endpoint, e.g. http://127.0.0.1:8000/mcp (env CRM_SERVER_URL); "
-                    "default: start `crm-mcp serve` over stdio on the local data directory")
-    em.add_argument("--token", help="bearer token with the bridge role (env CRM_TOKEN)")
+    _bridge_args(em, 8025, "HTTP port for /healthz and the Gmail push endpoint (default 8025)")
     em.add_argument("--wait-s", type=float, default=20.0, help=argparse.SUPPRESS)  # long-poll seconds per outbox claim
 
 
