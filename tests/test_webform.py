@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from .conftest import call, mcp_client
+from .email_helpers import wait_until
 from .webform_helpers import STATUS_RE, TICKET_RE, crm_http, good_form, open_form, webform
 
 pytestmark = pytest.mark.anyio
@@ -54,7 +55,9 @@ async def test_submit_reply_and_see_it_delivered_on_the_status_page(db_dsn: str,
             page = browser.get(status_url)
         assert "No reply yet" not in page.text
         assert page.text.index("Every CSV export") < page.text.index("update to 4.2"), "messages in order"
-        health = browser.get(f"{base}/healthz").json()
+        # the bridge counts a delivery once update_delivery_status has answered, just after the page shows it
+        health = wait_until(lambda: (h := browser.get(f"{base}/healthz").json())["delivered"] >= 1 and h,
+                            what="the bridge counting the delivery")
         assert health["ingested"] == 1 and health["delivered"] == 1
     conn = await asyncpg.connect(db_dsn)
     try:

@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from .conftest import call, call_error, mcp_client
+from .email_helpers import wait_until
 from .webform_helpers import crm_http, stop_process
 from .whatsapp_fakes import (
     META_ACCESS, TWILIO_NUMBER, fake_provider, meta_envelope, meta_text, provider_env, start_whatsapp, twilio_inbound,
@@ -132,7 +133,9 @@ async def test_meta_reply_retries_a_429_and_applies_status_webhooks(db_dsn: str,
         assert time.monotonic() - t0 >= 1.0, "Retry-After: 1 was honoured"
         wamid = row["channel_message_id"]
         assert wamid.startswith("wamid.")
-        health = http.get(f"{wa.base}/healthz").json()
+        # the bridge counts a delivery once update_delivery_status has answered, just after the row changed
+        health = wait_until(lambda: (h := http.get(f"{wa.base}/healthz").json())["delivered"] >= 1 and h,
+                            what="the bridge counting the delivery")
         assert health["retried"] == 1 and health["delivered"] == 1
 
         def status(name: str, **extra: Any) -> dict[str, Any]:
