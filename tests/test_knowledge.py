@@ -11,6 +11,7 @@ import sys
 import uuid
 from pathlib import Path
 
+import anyio
 import asyncpg
 import numpy as np
 import pytest
@@ -74,6 +75,30 @@ async def test_category_filter_matching_one_percent_keeps_its_results(db_dsn: st
             await conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
             got = await conn.fetch(knowledge.VECTOR_SQL, q / np.linalg.norm(q), "security", 20)
     assert len(got) == 20  # all 20 security chunks, though they are 1% of the rows
+
+
+async def test_embedding_failure_while_the_text_arm_runs_leaves_the_connection_clean(db_dsn: str) -> None:
+    """The query's embedding runs while the text arm's SQL does (search_rows with an awaitable):
+    a provider failure must surface as itself, and the connection must come back usable, with
+    no transaction left open."""
+    from crm_mcp.tools.engines.embeddings import EmbeddingProviderError
+
+    settings = load_settings(database_url=db_dsn)
+    async with open_crm(settings, background=False) as crm:
+        await knowledge.import_folder(crm, KB)
+
+        async def failing_embedding() -> np.ndarray:
+            await anyio.sleep(0.01)  # the text arm's statements are in flight by now
+            raise EmbeddingProviderError("openai embeddings: HTTP 500 from the provider")
+
+        async with crm.pool.acquire() as conn:
+            with pytest.raises(EmbeddingProviderError, match="HTTP 500"):
+                await knowledge.search_rows(crm, conn, "invoice export csv", failing_embedding(), None)
+            assert not conn.is_in_transaction()
+            assert await conn.fetchval("SELECT 1") == 1
+            emb = knowledge.get_embedder(crm)
+            rows = await knowledge.search_rows(crm, conn, "invoice export csv", emb.embed_query("invoice export csv", inline=False), None)
+            assert rows.vector and rows.text
 
 
 async def test_search_tool_relevance_labels_and_exact_codes(db_dsn: str) -> None:

@@ -12,6 +12,7 @@ and labels on the dev set and on held-out sets."""
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import math
@@ -19,11 +20,12 @@ import os
 import re
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import anyio
 import asyncpg
 import frontmatter
 import numpy as np
@@ -536,19 +538,45 @@ async def text_rows(
     return rows, idf, unseen
 
 
+def _sole(group: BaseExceptionGroup) -> BaseException:
+    """The one failure inside (possibly nested) single-member groups, else the group itself."""
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
 async def search_rows(
-    crm: Crm, conn: asyncpg.Connection, query: str, qvec: np.ndarray | None, category: str | None, *, text: bool = True,
+    crm: Crm, conn: asyncpg.Connection, query: str, qvec: np.ndarray | Awaitable[np.ndarray] | None, category: str | None,
+    *, text: bool = True,
 ) -> SearchRows:
-    """The search's SQL in one transaction on conn: vector candidates (when qvec is given), BM25
-    candidates, and the similarity of the articles only BM25 found. bench/kb_latency.py times
-    this as the SQL floor."""
+    """The search's SQL in one transaction on conn: BM25 candidates, vector candidates (when
+    qvec is given), and the similarity of the articles only BM25 found. qvec may be an
+    awaitable still computing the query's embedding: the text arm's SQL then runs meanwhile,
+    so the database and the model work at the same time. bench/kb_latency.py times this, with
+    the vector ready, as the SQL floor."""
     out = SearchRows()
     async with conn.transaction():
         await _index_settings(crm, conn)
+        if text:
+            async def text_arm() -> None:
+                out.text, out.idf, out.unseen = await text_rows(conn, query, category, CANDIDATES)
+
+            if inspect.isawaitable(qvec):
+                try:
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(text_arm)
+                        qvec = await qvec
+                except BaseExceptionGroup as group:
+                    # Callers map a provider error or a statement timeout to what the user is
+                    # told: raise the failure itself, not the task group's wrapper.
+                    raise _sole(group) from None
+            else:
+                await text_arm()
+        elif inspect.isawaitable(qvec):
+            qvec = await qvec
         if qvec is not None:
             out.vector = await conn.fetch(VECTOR_SQL, qvec, category, CANDIDATES)
-        if text:
-            out.text, out.idf, out.unseen = await text_rows(conn, query, category, CANDIDATES)
         if qvec is not None and out.text:
             # Articles found by their words alone still get a similarity: labels never rest on
             # a text match by itself.
@@ -653,11 +681,10 @@ async def hybrid_search(
     emb = get_embedder(crm)
     async with crm.pool.acquire() as conn:
         query, made = await correct_spelling(conn, query)
+        # The embedding runs in a worker thread while the text arm's SQL runs on conn.
+        rows = await search_rows(crm, conn, query, emb.embed_query(query, inline=False), category, text=True)
     if fixes is not None:
         fixes.update(made)
-    qvec = await emb.embed_query(query)
-    async with crm.pool.acquire() as conn:
-        rows = await search_rows(crm, conn, query, qvec, category, text=True)
     hits: dict[uuid.UUID, Hit] = {}
     for r in rows.vector:  # nearest passage first: an article's first row is its best
         if r["article_id"] not in hits:

@@ -62,7 +62,7 @@ class Embedder(Protocol):
 
     async def embed_documents(self, texts: Sequence[str]) -> np.ndarray: ...
 
-    async def embed_query(self, text: str) -> np.ndarray: ...
+    async def embed_query(self, text: str, *, inline: bool = True) -> np.ndarray: ...
 
     async def aclose(self) -> None: ...
 
@@ -311,13 +311,15 @@ class LocalEmbedder:
             out[idx] = await anyio.to_thread.run_sync(self._run, [token_ids[i] for i in idx])
         return out
 
-    async def embed_query(self, text: str) -> np.ndarray:
+    async def embed_query(self, text: str, *, inline: bool = True) -> np.ndarray:
+        """inline=False always runs the model in a worker thread, so the event loop can drive
+        other work (the search's SQL) meanwhile."""
         if not self.loaded:
             await anyio.to_thread.run_sync(self._ensure_loaded)
         # Tokenising a query takes ~10 us; then a short query runs inline
         # (faster end to end than a thread hop), a long one in a worker.
         ids = self._tokenizer.encode(text).ids
-        if len(ids) <= self.inline_query_max_tokens:
+        if inline and len(ids) <= self.inline_query_max_tokens:
             return self._run([ids])[0]
         return (await anyio.to_thread.run_sync(self._run, [ids]))[0]
 
@@ -437,7 +439,8 @@ class OpenAIEmbedder:
         ]
         return np.concatenate(parts, axis=0)
 
-    async def embed_query(self, text: str) -> np.ndarray:
+    async def embed_query(self, text: str, *, inline: bool = True) -> np.ndarray:
+        # An HTTP call never blocks the event loop: inline changes nothing here.
         return (await self.embed_documents([text]))[0]
 
     async def aclose(self) -> None:
