@@ -20,6 +20,7 @@ For each size:
      vector precomputed;
    - embedding floor: the same embedder's embed_query, in-process.
    Prints p50/p95 of each and the tool's as a ratio to the sum of the floors (target <= 1.5).
+   The tool embeds the query while the text arm's SQL runs, so it can come in under the sum.
 4. HNSW recall@10 against exact search (numpy over the same vectors) at several ef_search, the
    tool's EF_SEARCH marked.
 

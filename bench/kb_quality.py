@@ -7,13 +7,15 @@ rank fusion this search used before, for reference).
 Sets:
 - dev: server/demo/kb with bench/kb_eval.jsonl (in scope) and bench/kb_eval_out_of_scope.jsonl.
   TEXT_SHARE, COVERAGE_SHARE and RELEVANT_MARGIN in tools/knowledge.py were chosen on it.
-- bench/kb_dev/<set>/ (ledgerly, trailhub): written by someone who saw neither the code nor the
-  dev set. They were held out for one round; their misses then showed what to fix (typos, the
-  unseen-word penalty), and UNSEEN_COMMON, UNSEEN_OTHER, RELEVANT_EVIDENCE and MIN_SIMILARITY
-  were chosen on them and dev together: they are development sets now.
-- bench/heldout/<set>/ (vaultly, clinicly): written afterwards by another writer who saw neither
-  the code nor any set, run only to report, after the method was fixed. Nothing was tuned on
-  them; a change measured on them makes them development sets too.
+- bench/kb_dev/<set>/ (ledgerly, trailhub, vaultly, clinicly): each written by someone who saw
+  neither the code nor any earlier set, and held out for one round. ledgerly's and trailhub's
+  misses then showed what to fix (typos, the unseen-word penalty), and UNSEEN_COMMON,
+  UNSEEN_OTHER, RELEVANT_EVIDENCE and MIN_SIMILARITY were chosen on them and dev together.
+  vaultly and clinicly were the next round's held-out pair; their misses were then studied to
+  look for a better out-of-scope signal: development sets now, all four.
+- bench/heldout/<set>/ (shiftly, parcelo): written afterwards by a third writer who saw no code
+  and no set, and run only to report. Nothing was tuned on them; a change measured on them makes
+  them development sets too.
 Layout of both: see _heldout_set.
 
 Per set and method: recall@1, recall@5, MRR over in-scope questions; the share of out-of-scope
