@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="WhatsApp bridge port, started when TWILIO_* or META_* settings are present (default 8090)")
     up.add_argument("--email-port", type=int, default=8025,
                     help="email bridge port, started when CRM_SUPPORT_ADDRESS is set (default 8025)")
+    up.add_argument("--shopify-port", type=int, default=8092,
+                    help="Shopify webhook bridge port, started when SHOPIFY_* settings are present (default 8092)")
 
     mig = sub.add_parser("migrate", help="apply pending database migrations")
     _common(mig)
@@ -308,7 +310,8 @@ def main(argv: list[str] | None = None) -> None:
             from .up import run_up
 
             anyio.run(functools.partial(run_up, settings, demo=ns.demo, webform_port=ns.webform_port,
-                                        bridge_ports={"whatsapp": ns.whatsapp_port, "email": ns.email_port}))
+                                        bridge_ports={"whatsapp": ns.whatsapp_port, "email": ns.email_port,
+                                                      "shopify": ns.shopify_port}))
         elif ns.command == "bridge" and ns.bridge_command == "whatsapp":
             _bridge_whatsapp(ns, settings)
         elif ns.command == "bridge" and ns.bridge_command == "email":

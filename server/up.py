@@ -50,9 +50,9 @@ def _cli(*args: str) -> list[str]:
 
 def channel_bridges(env: Mapping[str, str], host: str, ports: Mapping[str, int]) -> tuple[list[str], list[str]]:
     """The bridges beyond the web form whose settings are present (WhatsApp: TWILIO_* or META_*;
-    email: CRM_SUPPORT_ADDRESS), checked the way each bridge checks them at start; and one line for
-    each whose settings are present but wrong, which is not started (it would only exit and be
-    restarted forever)."""
+    email: CRM_SUPPORT_ADDRESS; Shopify: SHOPIFY_*), checked the way each bridge checks them at
+    start; and one line for each whose settings are present but wrong, which is not started (it
+    would only exit and be restarted forever)."""
     on: list[str] = []
     wrong: list[str] = []
     if any(k.startswith(("TWILIO_", "META_")) for k in env):
@@ -71,6 +71,14 @@ def channel_bridges(env: Mapping[str, str], host: str, ports: Mapping[str, int])
             on.append("email")
         except EmailConfigError as exc:
             wrong.append(f"email not started: {exc}")
+    if any(k.startswith("SHOPIFY_") for k in env):
+        from crm_mcp.channel_bridges.shopify.settings import ShopifyConfigError, load
+
+        try:
+            load(need=("webhook_secret",), env=env)
+            on.append("shopify")
+        except ShopifyConfigError as exc:
+            wrong.append(f"shopify not started: {exc}")
     return on, wrong
 
 
@@ -78,9 +86,14 @@ def plan(settings: Settings, *, webform_port: int, tokens: dict[str, str], bridg
          ports: Mapping[str, int] | None = None) -> list[Component]:
     host, port = settings.host, settings.port
     mcp_url = f"http://{host}:{port}/mcp"
+    # The Shopify bridge stores orders through upsert_order, which only the opt-in toolset
+    # store_sync exposes: the server it talks to must have it.
+    server_env = {}
+    if "shopify" in bridges and "store_sync" not in settings.toolsets.split(","):
+        server_env["CRM_TOOLSETS"] = f"{settings.toolsets},store_sync"
     components = [
         Component("mcp-server", _cli("serve", "--http", "--host", host, "--port", str(port)), mcp_url,
-                  f"http://{host}:{port}/healthz"),
+                  f"http://{host}:{port}/healthz", env=server_env),
         Component("webform", _cli("bridge", "webform", "--host", host, "--port", str(webform_port)),
                   f"http://{host}:{webform_port}/", f"http://{host}:{webform_port}/healthz",
                   env={"CRM_SERVER_URL": mcp_url, "CRM_TOKEN": tokens["webform"]}),
@@ -95,8 +108,8 @@ def plan(settings: Settings, *, webform_port: int, tokens: dict[str, str], bridg
 
 
 # The role each component's token gets: the least that component needs.
-TOKEN_ROLES = {"webform": "bridge", "agent": "agent", "whatsapp": "bridge", "email": "bridge"}
-BRIDGE_PORTS = {"whatsapp": 8090, "email": 8025}  # each bridge's own default
+TOKEN_ROLES = {"webform": "bridge", "agent": "agent", "whatsapp": "bridge", "email": "bridge", "shopify": "bridge"}
+BRIDGE_PORTS = {"whatsapp": 8090, "email": 8025, "shopify": 8092}  # each bridge's own default
 
 
 async def mint_tokens(dsn: str, names: list[str]) -> dict[str, str]:

@@ -103,3 +103,18 @@ def fake_shopify(fake: FakeShopify) -> Iterator[FakeShopify]:
     with serving(Handler) as base:
         fake.base = base
         yield fake
+
+
+def webhook_order(n: int, updated: str, **over: Any) -> dict[str, Any]:
+    """An order webhook body as Shopify posts it (REST field names), order number #(1000 + n)."""
+    body: dict[str, Any] = {
+        "id": n, "admin_graphql_api_id": f"gid://shopify/Order/{n}", "name": f"#{1000 + n}",
+        "email": "Wendy@Example.com", "phone": "+1 415 555 0100", "created_at": "2026-11-03T08:00:00-05:00",
+        "updated_at": updated, "cancelled_at": None, "financial_status": "paid", "fulfillment_status": None,
+        "total_price": "64.50", "currency": "USD",
+        "customer": {"first_name": "Wendy", "last_name": "Hook", "email": "wendy@example.com"},
+        "line_items": [{"title": "Wool scarf", "variant_title": "Grey", "sku": "WS-G", "quantity": 1, "price": "64.50"}],
+        "fulfillments": [], "refunds": [],
+    }
+    body.update(over)
+    return body

@@ -18,7 +18,7 @@ import pytest
 
 from .conftest import REPO, server_env
 from .http_server import http_server, make_token
-from .shopify_fake import SECRET, TOKEN, FakeShopify, fake_shopify, gql_order, sign
+from .shopify_fake import SECRET, TOKEN, FakeShopify, fake_shopify, gql_order, sign, webhook_order
 from .webform_helpers import _wait_http, free_port, stop_process
 
 pytestmark = pytest.mark.anyio
@@ -92,20 +92,6 @@ async def test_sync_pages_throttles_and_resumes(db_dsn: str, tmp_path: Path) -> 
     assert first_order["status"] == "fulfilled" and first_order["value"] == "buyer1@example.com"
     assert json.loads(first_order["tracking"]) == [{"number": "TRK1", "url": "https://track.example/TRK1", "company": "DHL"}]
     assert stored[1]["status"] == "paid" and json.loads(stored[1]["tracking"]) == []
-
-
-def webhook_order(n: int, updated: str, **over: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "id": n, "admin_graphql_api_id": f"gid://shopify/Order/{n}", "name": f"#{1000 + n}",
-        "email": "Wendy@Example.com", "phone": "+1 415 555 0100", "created_at": "2026-11-03T08:00:00-05:00",
-        "updated_at": updated, "cancelled_at": None, "financial_status": "paid", "fulfillment_status": None,
-        "total_price": "64.50", "currency": "USD",
-        "customer": {"first_name": "Wendy", "last_name": "Hook", "email": "wendy@example.com"},
-        "line_items": [{"title": "Wool scarf", "variant_title": "Grey", "sku": "WS-G", "quantity": 1, "price": "64.50"}],
-        "fulfillments": [], "refunds": [],
-    }
-    body.update(over)
-    return body
 
 
 async def test_webhooks(db_dsn: str, tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ and on SIGINT stops everything and revokes the tokens it minted."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -18,8 +19,10 @@ import httpx
 import pytest
 
 from .conftest import REPO, server_env
+from .shopify_fake import sign, webhook_order
 from .webform_helpers import SECRET, TICKET_RE, free_port, good_form, open_form
 
+SHOPIFY_SECRET = "shopify-app-secret-for-up"
 pytestmark = pytest.mark.anyio
 LISTEN = re.compile(r"crm-mcp up: (\S+)\s+(http://\S+)")
 
@@ -118,20 +121,23 @@ async def test_up_runs_the_desk_restarts_a_dead_component_and_stops_cleanly(db_d
 
 async def test_up_starts_the_bridges_whose_settings_are_present(db_dsn: str) -> None:
     """WhatsApp settings present: `up` runs the WhatsApp bridge with a token of its own (Meta's
-    verification handshake answers through it). Email settings present but wrong: one line says
-    why it was not started, instead of a bridge that exits and restarts forever."""
-    port, wf_port, wa_port, em_port = free_port(), free_port(), free_port(), free_port()
+    verification handshake answers through it). Shopify settings present: `up` runs the webhook
+    bridge and gives the server the store_sync toolset it needs (a signed order webhook is
+    stored). Email settings present but wrong: one line says why it was not started, instead of
+    a bridge that exits and restarts forever."""
+    port, wf_port, wa_port, em_port, sh_port = free_port(), free_port(), free_port(), free_port(), free_port()
     env = server_env(db_dsn, CRM_WEBFORM_SECRET=SECRET, CRM_LOG_LEVEL="WARNING",
                      META_APP_SECRET="app-secret-0123456789", META_VERIFY_TOKEN="verify-me", META_ACCESS_TOKEN="meta-access",
                      META_PHONE_NUMBER_ID="1234567890", META_GRAPH_BASE="http://127.0.0.1:9",
-                     CRM_SUPPORT_ADDRESS="not-an-address")
+                     CRM_SUPPORT_ADDRESS="not-an-address", SHOPIFY_WEBHOOK_SECRET=SHOPIFY_SECRET)
     proc = _up(env, "--port", str(port), "--webform-port", str(wf_port), "--whatsapp-port", str(wa_port),
-               "--email-port", str(em_port))
+               "--email-port", str(em_port), "--shopify-port", str(sh_port))
     lines: list[str] = []
     try:
         urls: dict[str, str] = {}
-        _read_until(proc, urls, {"mcp-server", "webform", "whatsapp"}, 120, lines)
+        _read_until(proc, urls, {"mcp-server", "webform", "whatsapp", "shopify"}, 120, lines)
         assert urls["whatsapp"] == f"http://127.0.0.1:{wa_port}/"
+        assert urls["shopify"] == f"http://127.0.0.1:{sh_port}/"
         assert any("email not started: CRM_SUPPORT_ADDRESS='not-an-address'" in ln for ln in lines), lines
         assert not _children_matching(f"--port {em_port}")
         with httpx.Client(timeout=30) as client:
@@ -139,14 +145,24 @@ async def test_up_starts_the_bridges_whose_settings_are_present(db_dsn: str) -> 
             ok = client.get(meta, params={"hub.mode": "subscribe", "hub.verify_token": "verify-me", "hub.challenge": "4711"})
             assert ok.status_code == 200 and ok.text == "4711"
             assert client.get(meta, params={"hub.mode": "subscribe", "hub.verify_token": "wrong", "hub.challenge": "1"}).status_code == 403
+            order = webhook_order(41, "2026-11-30T09:00:00Z")
+            body = json.dumps(order).encode()
+            stored = client.post(f"http://127.0.0.1:{sh_port}/shopify/webhooks", content=body, headers={
+                "X-Shopify-Topic": "orders/create", "X-Shopify-Webhook-Id": "up-1", "Content-Type": "application/json",
+                "X-Shopify-Hmac-Sha256": sign(body, SHOPIFY_SECRET)})
+            assert stored.status_code == 200 and stored.json()["outcome"] == "created", stored.text
     finally:
         _stop(proc)
     assert proc.returncode == 0, lines
     assert not _children_matching(f"--port {wa_port}"), "the WhatsApp bridge was left running"
+    assert not _children_matching(f"--port {sh_port}"), "the Shopify bridge was left running"
     conn = await asyncpg.connect(db_dsn)
     try:
         [wa] = await conn.fetch("SELECT role, revoked_at FROM api_tokens WHERE name LIKE 'up-whatsapp-%'")
+        [sh] = await conn.fetch("SELECT role, revoked_at FROM api_tokens WHERE name LIKE 'up-shopify-%'")
         assert not await conn.fetchval("SELECT count(*) FROM api_tokens WHERE name LIKE 'up-email-%'")
+        assert await conn.fetchval("SELECT count(*) FROM orders WHERE order_number = '#1041'") == 1
     finally:
         await conn.close()
     assert wa["role"] == "bridge" and wa["revoked_at"] is not None
+    assert sh["role"] == "bridge" and sh["revoked_at"] is not None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -24,9 +26,12 @@ class ShopifyConfigError(Exception):
     """A missing or invalid SHOPIFY_* setting: one line, exit code 2."""
 
 
-def load(*, need: tuple[str, ...]) -> ShopifySettings:
+def load(*, need: tuple[str, ...], env: Mapping[str, str] | None = None) -> ShopifySettings:
+    """The settings from the process environment, or from env when given (`crm-mcp up` checks
+    the environment it will start the bridge with)."""
     try:
-        s = ShopifySettings()
+        s = ShopifySettings() if env is None else ShopifySettings(
+            **{k.removeprefix("SHOPIFY_").lower(): v for k, v in env.items() if k.startswith("SHOPIFY_")})
     except ValidationError as exc:
         err = exc.errors()[0]
         raise ShopifyConfigError(f"SHOPIFY_{str(err['loc'][0]).upper()} {err['msg']}") from None
