@@ -78,7 +78,7 @@ async def test_category_filter_matching_one_percent_keeps_its_results(db_dsn: st
 
 
 async def test_embedding_failure_while_the_text_arm_runs_leaves_the_connection_clean(db_dsn: str) -> None:
-    """The query's embedding runs while the text arm's SQL does (search_rows with an awaitable):
+    """The query's embedding runs while the text arm's SQL does (search_rows given a function):
     a provider failure must surface as itself, and the connection must come back usable, with
     no transaction left open."""
     from crm_mcp.tools.engines.embeddings import EmbeddingProviderError
@@ -93,11 +93,12 @@ async def test_embedding_failure_while_the_text_arm_runs_leaves_the_connection_c
 
         async with crm.pool.acquire() as conn:
             with pytest.raises(EmbeddingProviderError, match="HTTP 500"):
-                await knowledge.search_rows(crm, conn, "invoice export csv", failing_embedding(), None)
+                await knowledge.search_rows(crm, conn, "invoice export csv", failing_embedding, None)
             assert not conn.is_in_transaction()
             assert await conn.fetchval("SELECT 1") == 1
             emb = knowledge.get_embedder(crm)
-            rows = await knowledge.search_rows(crm, conn, "invoice export csv", emb.embed_query("invoice export csv", inline=False), None)
+            rows = await knowledge.search_rows(crm, conn, "invoice export csv",
+                                               lambda: emb.embed_query("invoice export csv", inline=False), None)
             assert rows.vector and rows.text
 
 

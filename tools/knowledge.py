@@ -11,8 +11,8 @@ and labels on the dev set and on held-out sets."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import inspect
 import json
 import logging
 import math
@@ -547,13 +547,13 @@ def _sole(group: BaseExceptionGroup) -> BaseException:
 
 
 async def search_rows(
-    crm: Crm, conn: asyncpg.Connection, query: str, qvec: np.ndarray | Awaitable[np.ndarray] | None, category: str | None,
-    *, text: bool = True,
+    crm: Crm, conn: asyncpg.Connection, query: str, qvec: np.ndarray | Callable[[], Awaitable[np.ndarray]] | None,
+    category: str | None, *, text: bool = True,
 ) -> SearchRows:
     """The search's SQL in one transaction on conn: BM25 candidates, vector candidates (when
-    qvec is given), and the similarity of the articles only BM25 found. qvec may be an
-    awaitable still computing the query's embedding: the text arm's SQL then runs meanwhile,
-    so the database and the model work at the same time. bench/kb_latency.py times this, with
+    qvec is given), and the similarity of the articles only BM25 found. qvec may be a function
+    that computes the query's embedding: it is called once the transaction has begun and the
+    text arm's SQL runs meanwhile, so the database and the model work at the same time. bench/kb_latency.py times this, with
     the vector ready, as the SQL floor."""
     out = SearchRows()
     async with conn.transaction():
@@ -562,19 +562,19 @@ async def search_rows(
             async def text_arm() -> None:
                 out.text, out.idf, out.unseen = await text_rows(conn, query, category, CANDIDATES)
 
-            if inspect.isawaitable(qvec):
+            if callable(qvec):
                 try:
                     async with anyio.create_task_group() as tg:
                         tg.start_soon(text_arm)
-                        qvec = await qvec
+                        qvec = await qvec()
                 except BaseExceptionGroup as group:
                     # Callers map a provider error or a statement timeout to what the user is
                     # told: raise the failure itself, not the task group's wrapper.
                     raise _sole(group) from None
             else:
                 await text_arm()
-        elif inspect.isawaitable(qvec):
-            qvec = await qvec
+        elif callable(qvec):
+            qvec = await qvec()
         if qvec is not None:
             out.vector = await conn.fetch(VECTOR_SQL, qvec, category, CANDIDATES)
         if qvec is not None and out.text:
@@ -682,7 +682,7 @@ async def hybrid_search(
     async with crm.pool.acquire() as conn:
         query, made = await correct_spelling(conn, query)
         # The embedding runs in a worker thread while the text arm's SQL runs on conn.
-        rows = await search_rows(crm, conn, query, emb.embed_query(query, inline=False), category, text=True)
+        rows = await search_rows(crm, conn, query, functools.partial(emb.embed_query, query, inline=False), category, text=True)
     if fixes is not None:
         fixes.update(made)
     hits: dict[uuid.UUID, Hit] = {}
