@@ -37,7 +37,8 @@ async def _settled_deadlocks(conn: asyncpg.Connection) -> int:
     pending statistics when it exits, so nothing is left unflushed after that."""
     deadline = time.monotonic() + 15
     while await conn.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"):
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
+            "AND backend_type = 'client backend'"):
         assert time.monotonic() < deadline, "the servers' database sessions did not end within 15 s"
         await anyio.sleep(0.05)
     return await _deadlocks(conn)
@@ -76,6 +77,12 @@ async def test_intake_replies_escalations_and_sla_sweep_at_once_never_deadlock(d
                 last_reply[i] = out["parts"][0]["message_id"]
                 calls["reply"] += 1
 
+            async def reply_on_conversation(r: int, i: int) -> None:
+                # conversation, then ticket, with a round trip between: what an inverted sweep would meet
+                out = await call(staff, "send_response", conversation_id=convs[i], body=f"One more thing ({r}).")
+                assert out["ticket_number"] == tickets[i] and len(out["parts"]) == 1
+                calls["reply"] += 1
+
             async def escalate_or_take_back(r: int, i: int) -> None:
                 if r % 2:
                     await call(staff, "update_ticket", ticket_number=tickets[i], status="in_progress")
@@ -89,9 +96,13 @@ async def test_intake_replies_escalations_and_sla_sweep_at_once_never_deadlock(d
                 assert out["changed"]
                 calls["failed_report"] += 1
 
-            async def sweep() -> None:
+            async def sweep(r: int) -> None:
                 nonlocal breached
-                breached += len(await sla_sweep(crm))
+                await anyio.sleep(0.002 * (r % 8))  # at a different point of each round
+                try:
+                    breached += len(await sla_sweep(crm))
+                except asyncpg.DeadlockDetectedError:
+                    pass  # as the background loop does (it sweeps again next round); counted below
 
             with anyio.fail_after(60):
                 for r in range(1, ROUNDS + 1):
@@ -103,14 +114,15 @@ async def test_intake_replies_escalations_and_sla_sweep_at_once_never_deadlock(d
                         for i in range(CONVERSATIONS):
                             tg.start_soon(ingest, r, i)
                             tg.start_soon(reply, r, i)
+                            tg.start_soon(reply_on_conversation, r, i)
                             tg.start_soon(escalate_or_take_back, r, i)
                             if last_reply[i] is not None:
                                 tg.start_soon(report_failed, last_reply[i])
-                        tg.start_soon(sweep)
+                        tg.start_soon(sweep, r)
 
         after = await _settled_deadlocks(admin)
         n = CONVERSATIONS * ROUNDS
-        assert calls == {"ingest": n, "reply": n, "escalated": calls["escalated"], "failed_report": n - CONVERSATIONS}
+        assert (calls["ingest"], calls["reply"], calls["failed_report"]) == (n, 2 * n, n - CONVERSATIONS)
         counts: dict[str, Any] = dict(await admin.fetchrow(
             """SELECT count(*) FILTER (WHERE direction = 'inbound') AS inbound,
                       count(*) FILTER (WHERE role = 'agent') AS replies,
@@ -125,10 +137,11 @@ async def test_intake_replies_escalations_and_sla_sweep_at_once_never_deadlock(d
         await admin.close()
     assert after - before == 0, f"PostgreSQL counted {after - before} deadlock(s)"
     # Nothing written twice (a victim's transaction is rolled back before it runs again).
-    assert counts == {"inbound": CONVERSATIONS * (ROUNDS + 1), "replies": n, "outbox": CONVERSATIONS,
+    assert counts == {"inbound": CONVERSATIONS * (ROUNDS + 1), "replies": 2 * n, "outbox": n + CONVERSATIONS,
                       "failed": n - CONVERSATIONS, "escalation_notes": events["escalation"]}
-    assert events["escalation"] >= calls["escalated"] > 0
+    print(f"escalations: {events['escalation']} ({calls['escalated']} by escalate_to_human), SLA breaches: {breached}")
+    assert events["escalation"] >= calls["escalated"] and events["escalation"] > 0
     assert events["sla_breach"] == breached > 0
     assert events.get("created") == CONVERSATIONS
     # every inbound message and every reply part counted once on its conversation
-    assert sum(r["message_count"] for r in message_counts) == counts["inbound"] + n
+    assert sum(r["message_count"] for r in message_counts) == counts["inbound"] + 2 * n
