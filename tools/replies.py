@@ -26,7 +26,7 @@ from crm_mcp.tools.models import MessageView, Out
 from crm_mcp.tools.plumbing.registry import crm_tool
 from crm_mcp.tools.plumbing.paging import aware, decode_cursor, encode_cursor
 from crm_mcp.tools.plumbing.params import ConversationId, Cursor, MessageId, Text, TicketNumber
-from crm_mcp.tools.tickets import add_event, escalate
+from crm_mcp.tools.tickets import add_event, escalate, lock_ticket
 
 DELIVERY_RANK = {"pending": 0, "sent": 1, "delivered": 2, "read": 3}
 FINAL = ("read", "failed")
@@ -100,7 +100,8 @@ async def send_response(crm: Crm, args: SendResponseInput) -> SendResponseResult
         ticket = None
         if args.ticket_number is not None:
             number = args.ticket_number
-            ticket = await conn.fetchrow("SELECT * FROM tickets WHERE ticket_number = $1 FOR UPDATE", number)
+            # Read without a lock: the conversation is locked before the ticket (tools/tickets.py, lock order).
+            ticket = await conn.fetchrow("SELECT * FROM tickets WHERE ticket_number = $1", number)
             if ticket is None:
                 raise NotFound(f"No ticket {number}.", hint="Use list_tickets or find_customer to find it.")
             if ticket["conversation_id"] is None:
@@ -112,7 +113,9 @@ async def send_response(crm: Crm, args: SendResponseInput) -> SendResponseResult
         conv = await conn.fetchrow("SELECT * FROM conversations WHERE id = $1 FOR UPDATE", conv_id)
         if conv is None:
             raise NotFound(f"No conversation {conv_id}.", hint="Use get_customer_history to find conversation ids.")
-        if ticket is None:
+        if ticket is not None:
+            ticket = await lock_ticket(conn, ticket, conversation_locked=True)
+        else:
             ticket = await conn.fetchrow(
                 "SELECT * FROM tickets WHERE conversation_id = $1 ORDER BY created_at DESC LIMIT 1 FOR UPDATE", conv_id)
         if ticket is not None and ticket["status"] == "closed":
@@ -249,8 +252,10 @@ async def update_delivery_status(crm: Crm, args: DeliveryInput) -> DeliveryResul
                                   note=f"Ignored: the message is already {current}.")
         ticket = None
         if args.escalate and row["ticket_id"] is not None:
-            # Locked before the message update so the escalation lands in the same transaction.
-            ticket = await conn.fetchrow("SELECT * FROM tickets WHERE id = $1 FOR UPDATE", row["ticket_id"])
+            # Locked before the message update so the escalation lands in the same transaction; the
+            # conversation before the ticket (tools/tickets.py, lock order), as the intake does.
+            ref = await conn.fetchrow("SELECT * FROM tickets WHERE id = $1", row["ticket_id"])
+            ticket = await lock_ticket(conn, ref)
         # Any report ends the bridge's claim (lease) on the message.
         await conn.execute(
             "UPDATE messages SET delivery_status = $2, delivery_error = $3, delivery_updated_at = now(), lease_until = NULL "

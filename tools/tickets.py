@@ -6,7 +6,14 @@ is a no-op. A customer reply moves a waiting ticket to in_progress and reopens a
 after closed, the customer's next message opens a new ticket.
 
 `resolved` needs resolution notes; `escalated` needs a reason. Internal notes are ticket events
-and are never sent to the customer."""
+and are never sent to the customer.
+
+Lock order: a conversation's row, then its ticket's row. The intake (crm_ingest in
+migrations/0011_intake_function.sql), the hot path, takes them in that order, so every path that
+locks or updates both does too; the reverse order deadlocks against it. A path that starts from a
+ticket reads the ticket without a lock, locks its conversation, then locks the ticket and makes
+its checks on the row read under that lock (lock_ticket). update_delivery_status, which starts
+from an outbound message, locks the message row before both."""
 
 from __future__ import annotations
 
@@ -95,12 +102,24 @@ async def insert_ticket(
 
 
 async def fetch_ticket(conn: asyncpg.Connection, ticket_number: str, *, for_update: bool = False) -> asyncpg.Record:
+    """The ticket; for_update: locked, its conversation first (lock_ticket)."""
     number = normalize_ticket_number(ticket_number)
-    row = await conn.fetchrow(
-        "SELECT * FROM tickets WHERE ticket_number = $1" + (" FOR UPDATE" if for_update else ""), number
-    )
+    row = await conn.fetchrow("SELECT * FROM tickets WHERE ticket_number = $1", number)
     if row is None:
         raise NotFound(f"No ticket {number}.", hint="Use list_tickets to browse tickets or find_customer with the ticket number.")
+    return await lock_ticket(conn, row) if for_update else row
+
+
+async def lock_ticket(conn: asyncpg.Connection, ticket: asyncpg.Record, *, conversation_locked: bool = False) -> asyncpg.Record:
+    """`ticket`, read without a lock, read again FOR UPDATE after its conversation's row is
+    locked (the lock order in the module docstring); conversation_locked: the caller has locked
+    it already. Decide on the row returned, not on `ticket`."""
+    if ticket["conversation_id"] is not None and not conversation_locked:
+        await conn.execute("SELECT FROM conversations WHERE id = $1 FOR UPDATE", ticket["conversation_id"])
+    row = await conn.fetchrow("SELECT * FROM tickets WHERE id = $1 FOR UPDATE", ticket["id"])
+    if row is None or row["conversation_id"] != ticket["conversation_id"]:
+        # Tickets are neither deleted nor moved today; if they ever are, the lock above was the wrong one.
+        raise Conflict(f"{ticket['ticket_number']} changed while this call ran; nothing was changed.", hint="Call again.")
     return row
 
 
@@ -476,7 +495,8 @@ class EscalateResult(Out):
 
 
 async def escalate(conn: asyncpg.Connection, row: asyncpg.Record, reason: str, priority: str | None, actor: str) -> bool:
-    """Escalate a locked ticket row; False when it already was (idempotent)."""
+    """Escalate a ticket row from lock_ticket (its conversation, updated here too, is locked
+    first); False when it already was (idempotent)."""
     if row["status"] == "escalated":
         return False
     check_transition(row["status"], "escalated")
@@ -517,12 +537,27 @@ async def escalate_to_human(crm: Crm, args: EscalateInput) -> EscalateResult:
 
 # SLA sweep --------------------------------------------------------------------------------------
 
+# The sweep updates tickets and then their conversations in one statement, so the conversations
+# are locked first, in a statement of their own (lock order: module docstring), in id order, and
+# only tickets whose conversation is locked (or that have none) are escalated: a ticket that became
+# due in between waits for the next sweep. now() is the transaction's time, the same in both.
+SLA_LOCK_SQL = """
+SELECT array_agg(c.id) FROM (
+    SELECT c.id FROM conversations c
+    WHERE c.id IN (SELECT t.conversation_id FROM tickets t
+                   WHERE t.sla_due_at < now() AND t.sla_breached_at IS NULL AND t.status IN ('open', 'in_progress', 'waiting'))
+    ORDER BY c.id
+    FOR UPDATE OF c
+) c
+"""
+
 SLA_SWEEP_SQL = """
 WITH breached AS (
     UPDATE tickets t
     SET status = 'escalated', sla_breached_at = now(), escalated_at = now(),
         escalation_reason = 'SLA breached: unresolved past the ' || t.priority || ' priority deadline'
     WHERE t.sla_due_at < now() AND t.sla_breached_at IS NULL AND t.status IN ('open', 'in_progress', 'waiting')
+      AND (t.conversation_id IS NULL OR t.conversation_id = ANY($1::uuid[]))
     RETURNING t.id, t.ticket_number, t.conversation_id, t.source_channel, t.status
 ), ev AS (
     INSERT INTO ticket_events (ticket_id, kind, to_value, note, actor)
@@ -556,6 +591,7 @@ async def sla_sweep(crm: Crm) -> list[str]:
     set in the same statement), and close conversations idle past the window whose tickets
     are done. Safe to run from several processes at once."""
     async with crm.tx() as conn:
-        rows = await conn.fetch(SLA_SWEEP_SQL)
+        locked = await conn.fetchval(SLA_LOCK_SQL)
+        rows = await conn.fetch(SLA_SWEEP_SQL, locked or [])
         await conn.fetch(CLOSE_IDLE_SQL, crm.settings.conversation_window_hours * 3600)
     return [r["ticket_number"] for r in rows]
