@@ -145,3 +145,78 @@ async def test_intake_replies_escalations_and_sla_sweep_at_once_never_deadlock(d
     assert events.get("created") == CONVERSATIONS
     # every inbound message and every reply part counted once on its conversation
     assert sum(r["message_count"] for r in message_counts) == counts["inbound"] + 2 * n
+
+
+PAIRS, WAVE = 30, 10
+CHANNEL = {"p": "email", "d": "whatsapp"}
+
+
+def _sender(side: str, i: int) -> dict[str, str]:
+    return {"email": f"p{i}@example.com"} if side == "p" else {"phone": f"+1415555{i:04d}"}
+
+
+async def test_merging_customers_while_their_messages_and_reports_arrive_never_deadlocks(db_dsn: str) -> None:
+    """merge_customers locks both customers' conversations before the customers' rows (and those
+    FOR NO KEY UPDATE, which the inserts' foreign-key checks do not wait for); a failed-delivery
+    report that escalates locks the conversation before the message. Merges, customer messages on
+    both records, replies and escalating failure reports run at once: no deadlock, nothing lost."""
+    admin = await asyncpg.connect(db_dsn)
+    try:
+        dbname = await admin.fetchval("SELECT current_database()")
+        await admin.execute(f"ALTER DATABASE {dbname} SET deadlock_timeout = '50ms'")
+        before = await _deadlocks(admin)
+        async with mcp_client(db_dsn) as inbound, mcp_client(db_dsn) as staff:
+            pairs: list[dict[str, Any]] = []
+            for i in range(PAIRS):
+                rec: dict[str, Any] = {}
+                for side in ("p", "d"):  # one record by email, the duplicate by WhatsApp: no verified clash
+                    out = await call(inbound, "ingest_message", channel=CHANNEL[side], channel_message_id=f"{side}{i}-0",
+                                     sender=_sender(side, i) | {"name": f"Pat Doe {i}"}, content="Where is my refund?")
+                    rec[side] = out["customer"]["customer_id"]
+                    rec[f"{side}_ticket"] = out["ticket"]["ticket_number"]
+                    sent = await call(staff, "send_response", ticket_number=rec[f"{side}_ticket"], body="Looking into it.")
+                    rec[f"{side}_reply"] = sent["parts"][0]["message_id"]
+                pairs.append(rec)
+
+            async def merge(rec: dict[str, Any]) -> None:
+                out = await call(staff, "merge_customers", primary_id=rec["p"], duplicate_id=rec["d"], reason="same person")
+                assert not out["already_merged"]
+
+            async def ingest(i: int, side: str) -> None:
+                await call(inbound, "ingest_message", channel=CHANNEL[side], channel_message_id=f"{side}{i}-1",
+                           sender=_sender(side, i), content="Any news?")
+
+            async def fail(message_id: str) -> None:
+                out = await call(staff, "update_delivery_status", message_id=message_id, status="failed",
+                                 error="mailbox full", escalate=True)
+                assert out["changed"]
+
+            async def reply(ticket: str) -> None:
+                await call(staff, "send_response", ticket_number=ticket, body="Still on it.")
+
+            started = await admin.fetchval("SELECT clock_timestamp()")
+            with anyio.fail_after(60):
+                for w in range(0, PAIRS, WAVE):
+                    async with anyio.create_task_group() as tg:
+                        for i in range(w, w + WAVE):
+                            rec = pairs[i]
+                            tg.start_soon(merge, rec)
+                            tg.start_soon(ingest, i, "d")
+                            tg.start_soon(ingest, i, "p")
+                            tg.start_soon(fail, rec["d_reply"])
+                            tg.start_soon(fail, rec["p_reply"])
+                            tg.start_soon(reply, rec["p_ticket"])
+        after = await _settled_deadlocks(admin)
+        counts = dict(await admin.fetchrow(
+            """SELECT (SELECT count(*) FROM customer_merges) AS merges,
+                      (SELECT count(*) FROM customers WHERE merged_into IS NOT NULL) AS merged,
+                      (SELECT count(*) FROM messages WHERE direction = 'inbound') AS inbound,
+                      (SELECT count(*) FROM messages WHERE role = 'agent' AND delivery_status = 'failed') AS failed,
+                      (SELECT count(*) FROM messages WHERE role = 'agent') AS replies,
+                      (SELECT count(*) FROM messages m JOIN customers c ON c.id = m.customer_id
+                        WHERE c.merged_into IS NOT NULL AND m.created_at < $1) AS left_behind""", started))
+    finally:
+        await admin.close()
+    assert after - before == 0, f"PostgreSQL counted {after - before} deadlock(s)"
+    assert counts == {"merges": PAIRS, "merged": PAIRS, "inbound": 4 * PAIRS, "failed": 2 * PAIRS,
+                      "replies": 3 * PAIRS, "left_behind": 0}, counts

@@ -424,8 +424,12 @@ async def merge_customers(crm: Crm, args: MergeCustomersInput) -> MergeCustomers
     if p == d:
         raise UserError("primary_id and duplicate_id are the same customer.")
     async with crm.tx() as conn:
+        # Lock order (tools/tickets.py): the two customers' conversations first, as the intake and
+        # the replies take a conversation before they touch its customer; then the customers' rows
+        # FOR NO KEY UPDATE, which the foreign-key checks of those paths' inserts do not wait for.
+        await conn.execute("SELECT FROM conversations WHERE customer_id = ANY($1::uuid[]) ORDER BY id FOR UPDATE", [p, d])
         rows = {r["id"]: r for r in await conn.fetch(
-            "SELECT * FROM customers WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE", [p, d])}
+            "SELECT * FROM customers WHERE id = ANY($1::uuid[]) ORDER BY id FOR NO KEY UPDATE", [p, d])}
         for cid, label in ((p, "primary_id"), (d, "duplicate_id")):
             if cid not in rows:
                 raise NotFound(f"No customer with {label} {cid}.", hint="Use find_customer to look both records up.")

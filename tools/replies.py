@@ -224,11 +224,16 @@ async def update_delivery_status(crm: Crm, args: DeliveryInput) -> DeliveryResul
     Identify the message by message_id, or by channel + channel_message_id once recorded."""
     async with crm.tx() as conn:
         if args.message_id is not None:
-            row = await conn.fetchrow("SELECT * FROM messages WHERE id = $1 FOR UPDATE", args.message_id)
+            row = await conn.fetchrow("SELECT * FROM messages WHERE id = $1", args.message_id)
         else:
             row = await conn.fetchrow(
-                "SELECT * FROM messages WHERE channel = $1 AND channel_message_id = $2 FOR UPDATE",
-                args.channel, args.channel_message_id)
+                "SELECT * FROM messages WHERE channel = $1 AND channel_message_id = $2", args.channel, args.channel_message_id)
+        if row is not None:
+            # Lock order (tools/tickets.py): a report that may escalate locks the conversation
+            # before the message and the ticket, as the intake, the replies and merge_customers do.
+            if args.escalate and row["conversation_id"] is not None:
+                await conn.execute("SELECT FROM conversations WHERE id = $1 FOR UPDATE", row["conversation_id"])
+            row = await conn.fetchrow("SELECT * FROM messages WHERE id = $1 FOR UPDATE", row["id"])
         if row is None:
             raise NotFound("No such message.", hint="Use the message_id from send_response, or the channel id recorded for it.")
         if row["direction"] != "outbound" or row["delivery_status"] is None:
@@ -252,10 +257,9 @@ async def update_delivery_status(crm: Crm, args: DeliveryInput) -> DeliveryResul
                                   note=f"Ignored: the message is already {current}.")
         ticket = None
         if args.escalate and row["ticket_id"] is not None:
-            # Locked before the message update so the escalation lands in the same transaction; the
-            # conversation before the ticket (tools/tickets.py, lock order), as the intake does.
+            # Locked before the message update so the escalation lands in the same transaction.
             ref = await conn.fetchrow("SELECT * FROM tickets WHERE id = $1", row["ticket_id"])
-            ticket = await lock_ticket(conn, ref)
+            ticket = await lock_ticket(conn, ref, conversation_locked=ref["conversation_id"] == row["conversation_id"])
         # Any report ends the bridge's claim (lease) on the message.
         await conn.execute(
             "UPDATE messages SET delivery_status = $2, delivery_error = $3, delivery_updated_at = now(), lease_until = NULL "

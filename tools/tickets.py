@@ -12,8 +12,9 @@ Lock order: a conversation's row, then its ticket's row. The intake (crm_ingest 
 migrations/0011_intake_function.sql), the hot path, takes them in that order, so every path that
 locks or updates both does too; the reverse order deadlocks against it. A path that starts from a
 ticket reads the ticket without a lock, locks its conversation, then locks the ticket and makes
-its checks on the row read under that lock (lock_ticket). update_delivery_status, which starts
-from an outbound message, locks the message row before both."""
+its checks on the row read under that lock (lock_ticket). update_delivery_status, when it may
+escalate, locks the conversation before the message and the ticket; merge_customers locks both
+customers' conversations before the customers' rows."""
 
 from __future__ import annotations
 
