@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from crm_mcp.tools.plumbing.context import Crm
 from crm_mcp.tools.plumbing.errors import Conflict, NotFound, UserError
 from crm_mcp.tools.engines.formatting import untrusted, untrusted_field
-from crm_mcp.tools.engines.identity import looks_like_email, looks_like_phone, normalize_email, normalize_phone
+from crm_mcp.tools.engines.identity import identity_lock_keys, looks_like_email, looks_like_phone, normalize_email, normalize_phone
 from crm_mcp.tools.models import CustomerSummary, Identity, Out, SentimentSummary
 from crm_mcp.tools.plumbing.paging import aware, bounded, decode_cursor, encode_cursor
 from crm_mcp.tools.plumbing.params import TICKET_NUMBER, Cursor, CustomerId, Email, Phone, normalize_ticket_number, parse_uuid
@@ -424,6 +424,15 @@ async def merge_customers(crm: Crm, args: MergeCustomersInput) -> MergeCustomers
     if p == d:
         raise UserError("primary_id and duplicate_id are the same customer.")
     async with crm.tx() as conn:
+        # The intake locks a message's identities before it resolves the customer: holding every
+        # identity of both records (a number under both phone and whatsapp, as the intake treats
+        # them as one) makes a message that arrives meanwhile wait, then resolve through
+        # merged_into to the primary instead of landing on the duplicate.
+        idents = {(r["kind"], r["value"]) for r in await conn.fetch(
+            "SELECT kind, value FROM customer_identifiers WHERE customer_id = ANY($1::uuid[])", [p, d])}
+        idents |= {("whatsapp" if k == "phone" else "phone", v) for k, v in idents if k in ("phone", "whatsapp")}
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) FROM unnest($1::text[]) WITH ORDINALITY AS u(k, i) "
+                           "ORDER BY i", identity_lock_keys(idents))
         # Lock order (tools/tickets.py): the two customers' conversations first, as the intake and
         # the replies take a conversation before they touch its customer; then the customers' rows
         # FOR NO KEY UPDATE, which the foreign-key checks of those paths' inserts do not wait for.

@@ -38,6 +38,7 @@ from crm_mcp.tools.models import Out
 from crm_mcp.tools.plumbing.params import Email, Phone, Text
 from crm_mcp.tools.plumbing.registry import crm_tool
 from crm_mcp.tools.engines.formatting import untrusted, untrusted_field
+from crm_mcp.tools.engines.identity import identity_lock_keys
 from crm_mcp.tools.engines.rules import EscalationCode, classify, escalation_reasons, score_sentiment
 from crm_mcp.tools.customers import LikelyDuplicate
 
@@ -191,7 +192,7 @@ async def ingest_message(crm: Crm, args: IngestInput) -> IngestResult:
     cls = classify(content, subject, sentiment=sentiment)
     settings = crm.settings
     # The message key first, then the identities sorted: every caller takes them in this order.
-    lock_keys = [_lock_key("msg", args.channel, args.channel_message_id)] + [_lock_key("id", k, v) for k, v in sorted(wanted)]
+    lock_keys = [_lock_key("msg", args.channel, args.channel_message_id)] + identity_lock_keys(wanted)
     params = (
         lock_keys, args.channel, args.channel_message_id, [k for k, _ in wanted], [v for _, v in wanted], name,
         content, subject, args.thread_ref, args.in_reply_to or [], received, received.isoformat(), sentiment,

@@ -8,6 +8,7 @@ accepted."""
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
@@ -65,3 +66,11 @@ def looks_like_phone(text: str) -> bool:
     stripped = _WHATSAPP_PREFIX.sub("", text)
     digits = sum(ch.isdigit() for ch in stripped)
     return digits >= 6 and bool(re.fullmatch(r"[\d\s()+.\-/]+", stripped.strip()))
+
+
+def identity_lock_keys(identities: Iterable[tuple[str, str]]) -> list[str]:
+    """The advisory-lock keys of (kind, value) identities, in the one order every caller takes
+    them (sorted): the intake locks the identities of a message before it resolves its customer,
+    and merge_customers locks every identity of the two records, so neither decides on a customer
+    the other is changing."""
+    return ["\x1f".join(("id", k, v)) for k, v in sorted(set(identities))]
