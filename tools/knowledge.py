@@ -553,8 +553,8 @@ async def search_rows(
     """The search's SQL in one transaction on conn: BM25 candidates, vector candidates (when
     qvec is given), and the similarity of the articles only BM25 found. qvec may be a function
     that computes the query's embedding: it is called once the transaction has begun and the
-    text arm's SQL runs meanwhile, so the database and the model work at the same time. bench/kb_latency.py times this, with
-    the vector ready, as the SQL floor."""
+    text arm's SQL runs meanwhile, so the database and the model work at the same time.
+    bench/kb_latency.py times this, with the vector ready, as the SQL floor."""
     out = SearchRows()
     async with conn.transaction():
         await _index_settings(crm, conn)

@@ -26,7 +26,7 @@ from crm_mcp.tools.models import MessageView, Out
 from crm_mcp.tools.plumbing.registry import crm_tool
 from crm_mcp.tools.plumbing.paging import aware, decode_cursor, encode_cursor
 from crm_mcp.tools.plumbing.params import ConversationId, Cursor, MessageId, Text, TicketNumber
-from crm_mcp.tools.tickets import add_event, escalate, lock_ticket
+from crm_mcp.tools.tickets import add_event, escalate, lock_conversation, lock_ticket
 
 DELIVERY_RANK = {"pending": 0, "sent": 1, "delivered": 2, "read": 3}
 FINAL = ("read", "failed")
@@ -223,17 +223,16 @@ async def update_delivery_status(crm: Crm, args: DeliveryInput) -> DeliveryResul
     failed with an error adds an internal note on the ticket naming the provider's reason.
     Identify the message by message_id, or by channel + channel_message_id once recorded."""
     async with crm.tx() as conn:
-        if args.message_id is not None:
-            row = await conn.fetchrow("SELECT * FROM messages WHERE id = $1", args.message_id)
-        else:
-            row = await conn.fetchrow(
-                "SELECT * FROM messages WHERE channel = $1 AND channel_message_id = $2", args.channel, args.channel_message_id)
-        if row is not None:
+        where, params = (("id = $1", [args.message_id]) if args.message_id is not None
+                         else ("channel = $1 AND channel_message_id = $2", [args.channel, args.channel_message_id]))
+        if args.escalate:
             # Lock order (tools/tickets.py): a report that may escalate locks the conversation
             # before the message and the ticket, as the intake, the replies and merge_customers do.
-            if args.escalate and row["conversation_id"] is not None:
-                await conn.execute("SELECT FROM conversations WHERE id = $1 FOR UPDATE", row["conversation_id"])
-            row = await conn.fetchrow("SELECT * FROM messages WHERE id = $1 FOR UPDATE", row["id"])
+            ref = await conn.fetchrow(f"SELECT id, conversation_id FROM messages WHERE {where}", *params)
+            if ref is not None:
+                await lock_conversation(conn, ref["conversation_id"])
+                where, params = "id = $1", [ref["id"]]
+        row = await conn.fetchrow(f"SELECT * FROM messages WHERE {where} FOR UPDATE", *params)
         if row is None:
             raise NotFound("No such message.", hint="Use the message_id from send_response, or the channel id recorded for it.")
         if row["direction"] != "outbound" or row["delivery_status"] is None:

@@ -111,12 +111,17 @@ async def fetch_ticket(conn: asyncpg.Connection, ticket_number: str, *, for_upda
     return await lock_ticket(conn, row) if for_update else row
 
 
+async def lock_conversation(conn: asyncpg.Connection, conversation_id: uuid.UUID) -> None:
+    """Lock a conversation's row: the first lock of any path that goes on to its ticket or messages."""
+    await conn.execute("SELECT FROM conversations WHERE id = $1 FOR UPDATE", conversation_id)
+
+
 async def lock_ticket(conn: asyncpg.Connection, ticket: asyncpg.Record, *, conversation_locked: bool = False) -> asyncpg.Record:
     """`ticket`, read without a lock, read again FOR UPDATE after its conversation's row is
     locked (the lock order in the module docstring); conversation_locked: the caller has locked
     it already. Decide on the row returned, not on `ticket`."""
     if ticket["conversation_id"] is not None and not conversation_locked:
-        await conn.execute("SELECT FROM conversations WHERE id = $1 FOR UPDATE", ticket["conversation_id"])
+        await lock_conversation(conn, ticket["conversation_id"])
     row = await conn.fetchrow("SELECT * FROM tickets WHERE id = $1 FOR UPDATE", ticket["id"])
     if row is None or row["conversation_id"] != ticket["conversation_id"]:
         # Tickets are neither deleted nor moved today; if they ever are, the lock above was the wrong one.
